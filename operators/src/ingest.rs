@@ -1,0 +1,417 @@
+//! From raw messages to observations stamped with their window.
+//!
+//! [`Ingest`] decodes a message, interns each metric's series, judges every value against its
+//! partition's watermark, and sorts the result into three piles: observations grouped by the
+//! end of their window, late values (their window has closed), and rejects (with a reason).
+//! Sources call it once per message and drain the piles once per batch.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustc_hash::FxHashMap;
+
+use crate::decode::{decode, Decoded, Format, Metric, TimestampUnit};
+use crate::intern::{SeriesTable, TagRefs};
+use crate::model::{LateRow, Observation, Origin, RejectRow};
+use crate::time::{Watermarks, WindowSpec};
+
+/// Which tag names a measurement's instance (disk `path`, net `interface`, …).
+#[derive(Clone, Debug)]
+pub struct InstanceTags(FxHashMap<Box<str>, Box<str>>);
+
+impl Default for InstanceTags {
+    fn default() -> Self {
+        InstanceTags::from_pairs([
+            ("cpu", "cpu"),
+            ("disk", "path"),
+            ("diskio", "name"),
+            ("net", "interface"),
+        ])
+    }
+}
+
+impl InstanceTags {
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        InstanceTags(
+            pairs
+                .into_iter()
+                .map(|(m, t)| (m.into(), t.into()))
+                .collect(),
+        )
+    }
+
+    pub fn set(&mut self, measurement: &str, tag: &str) {
+        self.0.insert(measurement.into(), tag.into());
+    }
+
+    pub fn tag_for(&self, measurement: &str) -> Option<&str> {
+        self.0.get(measurement).map(|t| &**t)
+    }
+}
+
+/// How a source turns messages into observations.
+#[derive(Clone, Debug)]
+pub struct IngestConfig {
+    pub format: Format,
+    pub unit: TimestampUnit,
+    pub window: WindowSpec,
+    pub instance_tags: InstanceTags,
+    /// Values further than this ahead of `max(partition watermark, arrival time)` are rejected,
+    /// so a broken clock cannot drag the watermark into the future (ns; `None` = no bound).
+    pub max_skew: Option<i64>,
+}
+
+/// What one or more messages produced.
+#[derive(Debug, Default)]
+pub struct IngestOutput {
+    /// Observations by the end of their window (ns), in arrival order.
+    pub windows: BTreeMap<i64, Vec<Observation>>,
+    pub late: Vec<LateRow>,
+    pub rejects: Vec<RejectRow>,
+    pub messages: u64,
+    pub metrics: u64,
+    pub values: u64,
+}
+
+impl IngestOutput {
+    pub fn is_empty(&self) -> bool {
+        self.windows.is_empty() && self.late.is_empty() && self.rejects.is_empty()
+    }
+}
+
+pub struct Ingest {
+    table: Rc<RefCell<SeriesTable>>,
+    config: IngestConfig,
+    out: IngestOutput,
+    /// The observations of the last window used, to skip the map lookup for runs of one window.
+    current: Option<(i64, Vec<Observation>)>,
+}
+
+impl Ingest {
+    pub fn new(table: Rc<RefCell<SeriesTable>>, config: IngestConfig) -> Self {
+        Ingest {
+            table,
+            config,
+            out: IngestOutput::default(),
+            current: None,
+        }
+    }
+
+    pub fn config(&self) -> &IngestConfig {
+        &self.config
+    }
+
+    /// Decodes one message from partition `slot` of `watermarks`.
+    pub fn message(
+        &mut self,
+        payload: &[u8],
+        origin: &Origin,
+        slot: usize,
+        watermarks: &mut Watermarks,
+        arrival_ns: i64,
+        now: Instant,
+    ) {
+        self.out.messages += 1;
+        watermarks.touch(slot, now);
+        let order = ((origin.position.max(0) as u64) << 16) | (origin.partition as u64 & 0xffff);
+        let mut table = self.table.borrow_mut();
+        let mut sink = Sink {
+            table: &mut table,
+            config: &self.config,
+            out: &mut self.out,
+            current: &mut self.current,
+            origin,
+            slot,
+            watermarks,
+            arrival_ns,
+            order,
+        };
+        decode(
+            self.config.format,
+            payload,
+            self.config.unit,
+            arrival_ns,
+            &mut sink,
+        );
+    }
+
+    /// Takes everything produced since the last call.
+    pub fn take(&mut self) -> IngestOutput {
+        if let Some((end, obs)) = self.current.take() {
+            self.out.windows.entry(end).or_default().extend(obs);
+        }
+        std::mem::take(&mut self.out)
+    }
+}
+
+struct Sink<'a> {
+    table: &'a mut SeriesTable,
+    config: &'a IngestConfig,
+    out: &'a mut IngestOutput,
+    current: &'a mut Option<(i64, Vec<Observation>)>,
+    origin: &'a Origin,
+    slot: usize,
+    watermarks: &'a mut Watermarks,
+    arrival_ns: i64,
+    order: u64,
+}
+
+impl Sink<'_> {
+    fn push(&mut self, window_end: i64, obs: Observation) {
+        match self.current {
+            Some((end, v)) if *end == window_end => v.push(obs),
+            _ => {
+                if let Some((end, v)) = self.current.take() {
+                    self.out.windows.entry(end).or_default().extend(v);
+                }
+                let mut v = self.out.windows.remove(&window_end).unwrap_or_default();
+                v.push(obs);
+                *self.current = Some((window_end, v));
+            }
+        }
+    }
+}
+
+impl Decoded for Sink<'_> {
+    fn metric(&mut self, m: &Metric<'_>) {
+        let ts = m.timestamp;
+        if let Some(skew) = self.config.max_skew {
+            let reference = self
+                .watermarks
+                .partition_watermark(self.slot)
+                .unwrap_or(i64::MIN)
+                .max(self.arrival_ns);
+            if ts > reference.saturating_add(skew) {
+                let ahead = (ts - reference) / 1_000_000_000;
+                let reason = format!("timestamp {ts} is {ahead}s ahead of the watermark and clock (allowed skew {}s)", skew / 1_000_000_000);
+                self.out.rejects.push(RejectRow::new(
+                    self.origin.clone(),
+                    reason,
+                    &metric_text(m),
+                    self.arrival_ns,
+                ));
+                return;
+            }
+        }
+        let mut tags = TagRefs::default();
+        let instance_tag = self.config.instance_tags.tag_for(&m.name);
+        let mut instance = "";
+        for (k, v) in &m.tags {
+            match &**k {
+                "nsId" => tags.ns_id = v,
+                "mcisId" => tags.mcis_id = v,
+                "vmId" => tags.vm_id = v,
+                "cspType" => tags.csp_type = v,
+                "osType" => tags.os_type = v,
+                _ => {}
+            }
+            if instance_tag == Some(&**k) {
+                instance = v;
+            }
+        }
+        self.out.metrics += 1;
+        let window_end = self.config.window.end(ts);
+        let late = self.watermarks.is_late(self.slot, window_end);
+        let watermark = self
+            .watermarks
+            .partition_watermark(self.slot)
+            .unwrap_or(i64::MIN)
+            .max(self.watermarks.combined());
+        self.watermarks.observe(self.slot, ts);
+        let group = self.table.group(&tags, &m.name, instance);
+        for (field, value) in &m.fields {
+            let Some(value) = value.numeric() else {
+                continue;
+            };
+            if late {
+                let (agent, measurement, instance) = self.table.group_parts(group);
+                let (agent, measurement, instance) =
+                    (agent.clone(), measurement.clone(), instance.clone());
+                let field = self.table.field_name(field);
+                self.out.late.push(LateRow {
+                    agent,
+                    measurement,
+                    instance,
+                    field,
+                    timestamp: ts,
+                    value,
+                    watermark,
+                    origin: self.origin.clone(),
+                });
+                continue;
+            }
+            match self.table.series(group, field) {
+                Ok(series) => {
+                    self.out.values += 1;
+                    self.push(
+                        window_end,
+                        Observation {
+                            series,
+                            ts,
+                            order: self.order,
+                            value,
+                        },
+                    );
+                }
+                Err(e) => {
+                    let reason = format!("{e}: new series {}.{field} refused", m.name);
+                    self.out.rejects.push(RejectRow::new(
+                        self.origin.clone(),
+                        reason,
+                        &metric_text(m),
+                        self.arrival_ns,
+                    ));
+                }
+            }
+        }
+    }
+
+    fn reject(&mut self, reason: String, payload: &[u8]) {
+        self.out.rejects.push(RejectRow::new(
+            self.origin.clone(),
+            reason,
+            payload,
+            self.arrival_ns,
+        ));
+    }
+}
+
+/// A compact text form of a decoded metric, for rejects found after decoding.
+fn metric_text(m: &Metric<'_>) -> Vec<u8> {
+    let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let fields: Vec<String> = m.fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!(
+        "{},{} {} {}",
+        m.name,
+        tags.join(","),
+        fields.join(","),
+        m.timestamp
+    )
+    .into_bytes()
+}
+
+/// A shared, empty origin name, for callers without one.
+pub fn origin(source: &Arc<str>, partition: i32, position: i64) -> Origin {
+    Origin {
+        source: source.clone(),
+        partition,
+        position,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn config() -> IngestConfig {
+        IngestConfig {
+            format: Format::Json,
+            unit: TimestampUnit::Auto,
+            window: WindowSpec::new(Duration::from_secs(10), Duration::from_secs(5)),
+            instance_tags: InstanceTags::default(),
+            max_skew: Some(600 * 1_000_000_000),
+        }
+    }
+
+    fn msg(vm: &str, ts: i64, v: f64) -> String {
+        format!(
+            r#"{{"name":"cpu","tags":{{"vmId":"{vm}","cpu":"cpu-total"}},"fields":{{"usage_idle":{v},"s":"x"}},"timestamp":{ts}}}"#
+        )
+    }
+
+    #[test]
+    fn stamps_values_and_splits_late_ones() {
+        let table = Rc::new(RefCell::new(SeriesTable::new()));
+        let mut ingest = Ingest::new(table.clone(), config());
+        let now = Instant::now();
+        let mut wm = Watermarks::new(5_000_000_000, Duration::from_secs(30));
+        let slot = wm.add_partition(now);
+        let src: Arc<str> = "f".into();
+        let t0 = 1_700_000_000i64;
+        for (i, (ts, v)) in [
+            (t0, 1.0),
+            (t0 + 3, 2.0),
+            (t0 + 16, 3.0),
+            (t0 + 2, 4.0),
+            (t0 + 12, 5.0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            ingest.message(
+                msg("vm-1", *ts, *v).as_bytes(),
+                &origin(&src, 0, i as i64),
+                slot,
+                &mut wm,
+                t0 * 1_000_000_000,
+                now,
+            );
+        }
+        ingest.message(
+            b"garbage",
+            &origin(&src, 0, 9),
+            slot,
+            &mut wm,
+            t0 * 1_000_000_000,
+            now,
+        );
+        let out = ingest.take();
+        // t0+16 moves the watermark to t0+11: the window ending at t0+10 is closed for t0+2.
+        assert_eq!(out.late.len(), 1);
+        assert_eq!(out.late[0].value, 4.0);
+        assert_eq!(out.late[0].watermark, (t0 + 11) * 1_000_000_000);
+        assert_eq!(out.rejects.len(), 1);
+        assert_eq!(out.rejects[0].origin.position, 9);
+        let w1: Vec<f64> = out.windows[&((t0 + 10) * 1_000_000_000)]
+            .iter()
+            .map(|o| o.value)
+            .collect();
+        let w2: Vec<f64> = out.windows[&((t0 + 20) * 1_000_000_000)]
+            .iter()
+            .map(|o| o.value)
+            .collect();
+        assert_eq!(w1, vec![1.0, 2.0]);
+        assert_eq!(w2, vec![3.0, 5.0]);
+        assert_eq!(&*table.borrow().key(0).instance, "cpu-total");
+    }
+
+    #[test]
+    fn far_future_is_rejected_and_does_not_move_the_watermark() {
+        let table = Rc::new(RefCell::new(SeriesTable::new()));
+        let mut ingest = Ingest::new(table, config());
+        let now = Instant::now();
+        let mut wm = Watermarks::new(0, Duration::from_secs(30));
+        let slot = wm.add_partition(now);
+        let src: Arc<str> = "f".into();
+        let t0 = 1_700_000_000i64;
+        let arrival = t0 * 1_000_000_000;
+        ingest.message(
+            msg("a", t0, 1.0).as_bytes(),
+            &origin(&src, 0, 0),
+            slot,
+            &mut wm,
+            arrival,
+            now,
+        );
+        ingest.message(
+            msg("a", t0 + 86_400, 1.0).as_bytes(),
+            &origin(&src, 0, 1),
+            slot,
+            &mut wm,
+            arrival,
+            now,
+        );
+        let out = ingest.take();
+        assert_eq!(out.rejects.len(), 1);
+        assert!(
+            out.rejects[0].reason.contains("ahead"),
+            "{}",
+            out.rejects[0].reason
+        );
+        assert_eq!(wm.partition_watermark(slot), Some(arrival));
+    }
+}

@@ -1,0 +1,221 @@
+//! Event time: tumbling windows aligned to the epoch, and watermarks kept per source partition.
+//!
+//! A partition's watermark is the largest event time it has delivered minus the allowed
+//! lateness. The combined watermark of a source is the minimum over its partitions, except that
+//! a partition idle (no messages) for longer than the idle timeout stops holding it back. A
+//! partition that has not delivered anything yet holds the watermark back until it turns idle,
+//! so a slow starter does not find its windows already closed.
+
+use std::time::{Duration, Instant};
+
+/// Nanoseconds in a second.
+pub const NANOS: i64 = 1_000_000_000;
+
+/// Tumbling windows of `size` nanoseconds, `[k·size, (k+1)·size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowSpec {
+    pub size: i64,
+    pub lateness: i64,
+}
+
+impl WindowSpec {
+    pub fn new(size: Duration, lateness: Duration) -> Self {
+        WindowSpec {
+            size: size.as_nanos() as i64,
+            lateness: lateness.as_nanos() as i64,
+        }
+    }
+
+    #[inline]
+    pub fn start(&self, ts: i64) -> i64 {
+        ts.div_euclid(self.size) * self.size
+    }
+
+    #[inline]
+    pub fn end(&self, ts: i64) -> i64 {
+        self.start(ts) + self.size
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Partition {
+    max_ts: Option<i64>,
+    last_active: Instant,
+    finished: bool,
+}
+
+/// Watermarks of the partitions one worker reads.
+#[derive(Clone, Debug)]
+pub struct Watermarks {
+    lateness: i64,
+    idle_timeout: Duration,
+    parts: Vec<Partition>,
+    combined: i64,
+}
+
+impl Watermarks {
+    pub fn new(lateness: i64, idle_timeout: Duration) -> Self {
+        Watermarks {
+            lateness,
+            idle_timeout,
+            parts: Vec::new(),
+            combined: i64::MIN,
+        }
+    }
+
+    /// Registers a partition and returns its slot.
+    pub fn add_partition(&mut self, now: Instant) -> usize {
+        self.parts.push(Partition {
+            max_ts: None,
+            last_active: now,
+            finished: false,
+        });
+        self.parts.len() - 1
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Records activity on a partition (a message arrived), even one without usable timestamps.
+    #[inline]
+    pub fn touch(&mut self, slot: usize, now: Instant) {
+        self.parts[slot].last_active = now;
+    }
+
+    /// Records an event time delivered by a partition.
+    #[inline]
+    pub fn observe(&mut self, slot: usize, ts: i64) {
+        let p = &mut self.parts[slot];
+        if p.max_ts.is_none_or(|m| ts > m) {
+            p.max_ts = Some(ts);
+        }
+    }
+
+    /// The partition's own watermark (`None` before its first event).
+    #[inline]
+    pub fn partition_watermark(&self, slot: usize) -> Option<i64> {
+        self.parts[slot]
+            .max_ts
+            .map(|m| m.saturating_sub(self.lateness))
+    }
+
+    /// A partition that reached its end no longer holds the watermark back.
+    pub fn finish(&mut self, slot: usize) {
+        self.parts[slot].finished = true;
+    }
+
+    /// The largest event time of a partition (`None` before its first event).
+    pub fn max_event_time(&self, slot: usize) -> Option<i64> {
+        self.parts[slot].max_ts
+    }
+
+    /// A value is late if its window ended at or before its partition's watermark, or before
+    /// the combined watermark already published (its window has been emitted).
+    #[inline]
+    pub fn is_late(&self, slot: usize, window_end: i64) -> bool {
+        window_end <= self.combined
+            || self
+                .partition_watermark(slot)
+                .is_some_and(|w| window_end <= w)
+    }
+
+    /// The combined watermark published so far (`i64::MIN` before any).
+    pub fn combined(&self) -> i64 {
+        self.combined
+    }
+
+    /// Recomputes the combined watermark: the minimum over active partitions. Never moves back.
+    /// When every partition is idle nothing new is known and the watermark stays where it is.
+    pub fn advance(&mut self, now: Instant) -> i64 {
+        let mut min: Option<i64> = None;
+        let mut any_active = false;
+        for p in &self.parts {
+            if p.finished {
+                continue;
+            }
+            let idle = now.saturating_duration_since(p.last_active) > self.idle_timeout;
+            if idle {
+                continue;
+            }
+            any_active = true;
+            let w = p
+                .max_ts
+                .map(|m| m.saturating_sub(self.lateness))
+                .unwrap_or(i64::MIN);
+            min = Some(min.map_or(w, |m: i64| m.min(w)));
+        }
+        if !any_active {
+            // Every partition is idle or finished: finished ones may advance to their own end.
+            let finished_max = self
+                .parts
+                .iter()
+                .filter(|p| p.finished)
+                .filter_map(|p| p.max_ts.map(|m| m.saturating_sub(self.lateness)))
+                .max();
+            if self.parts.iter().all(|p| p.finished) {
+                if let Some(w) = finished_max {
+                    self.combined = self.combined.max(w);
+                }
+            }
+            return self.combined;
+        }
+        if let Some(m) = min {
+            self.combined = self.combined.max(m);
+        }
+        self.combined
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_align_to_epoch() {
+        let w = WindowSpec::new(Duration::from_secs(10), Duration::from_secs(5));
+        assert_eq!(w.start(1_700_000_003 * NANOS), 1_700_000_000 * NANOS);
+        assert_eq!(w.end(1_700_000_000 * NANOS), 1_700_000_010 * NANOS);
+        assert_eq!(
+            w.end(1_700_000_009 * NANOS + 999_999_999),
+            1_700_000_010 * NANOS
+        );
+    }
+
+    #[test]
+    fn slowest_partition_holds_watermark_until_idle() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(5, Duration::from_secs(30));
+        let a = w.add_partition(t0);
+        let b = w.add_partition(t0);
+        w.observe(a, 100);
+        w.touch(a, t0);
+        // b has no data and is not idle yet: it holds the watermark.
+        assert_eq!(w.advance(t0), i64::MIN);
+        w.observe(b, 50);
+        assert_eq!(w.advance(t0), 45);
+        // b goes idle: a alone decides.
+        let later = t0 + Duration::from_secs(31);
+        w.touch(a, later);
+        assert_eq!(w.advance(later), 95);
+        // Never moves back, even when b wakes up with old data.
+        w.touch(b, later);
+        assert_eq!(w.advance(later), 95);
+        assert!(w.is_late(b, 90));
+        assert!(!w.is_late(b, 96));
+    }
+
+    #[test]
+    fn all_finished_releases_to_the_max() {
+        let t0 = Instant::now();
+        let mut w = Watermarks::new(0, Duration::from_secs(30));
+        let a = w.add_partition(t0);
+        let b = w.add_partition(t0);
+        w.observe(a, 10);
+        w.observe(b, 20);
+        w.finish(a);
+        assert_eq!(w.advance(t0), 20);
+        w.finish(b);
+        assert_eq!(w.advance(t0), 20);
+    }
+}
