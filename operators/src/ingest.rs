@@ -24,23 +24,13 @@ pub struct InstanceTags(FxHashMap<Box<str>, Box<str>>);
 
 impl Default for InstanceTags {
     fn default() -> Self {
-        InstanceTags::from_pairs([
-            ("cpu", "cpu"),
-            ("disk", "path"),
-            ("diskio", "name"),
-            ("net", "interface"),
-        ])
+        InstanceTags::from_pairs([("cpu", "cpu"), ("disk", "path"), ("diskio", "name"), ("net", "interface")])
     }
 }
 
 impl InstanceTags {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        InstanceTags(
-            pairs
-                .into_iter()
-                .map(|(m, t)| (m.into(), t.into()))
-                .collect(),
-        )
+        InstanceTags(pairs.into_iter().map(|(m, t)| (m.into(), t.into())).collect())
     }
 
     pub fn set(&mut self, measurement: &str, tag: &str) {
@@ -92,12 +82,7 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(table: Rc<RefCell<SeriesTable>>, config: IngestConfig) -> Self {
-        Ingest {
-            table,
-            config,
-            out: IngestOutput::default(),
-            current: None,
-        }
+        Ingest { table, config, out: IngestOutput::default(), current: None }
     }
 
     pub fn config(&self) -> &IngestConfig {
@@ -129,13 +114,7 @@ impl Ingest {
             arrival_ns,
             order,
         };
-        decode(
-            self.config.format,
-            payload,
-            self.config.unit,
-            arrival_ns,
-            &mut sink,
-        );
+        decode(self.config.format, payload, self.config.unit, arrival_ns, &mut sink);
     }
 
     /// Takes everything produced since the last call.
@@ -179,20 +158,14 @@ impl Decoded for Sink<'_> {
     fn metric(&mut self, m: &Metric<'_>) {
         let ts = m.timestamp;
         if let Some(skew) = self.config.max_skew {
-            let reference = self
-                .watermarks
-                .partition_watermark(self.slot)
-                .unwrap_or(i64::MIN)
-                .max(self.arrival_ns);
+            let reference = self.watermarks.partition_watermark(self.slot).unwrap_or(i64::MIN).max(self.arrival_ns);
             if ts > reference.saturating_add(skew) {
                 let ahead = (ts - reference) / 1_000_000_000;
-                let reason = format!("timestamp {ts} is {ahead}s ahead of the watermark and clock (allowed skew {}s)", skew / 1_000_000_000);
-                self.out.rejects.push(RejectRow::new(
-                    self.origin.clone(),
-                    reason,
-                    &metric_text(m),
-                    self.arrival_ns,
-                ));
+                let reason = format!(
+                    "timestamp {ts} is {ahead}s ahead of the watermark and clock (allowed skew {}s)",
+                    skew / 1_000_000_000
+                );
+                self.out.rejects.push(RejectRow::new(self.origin.clone(), reason, &metric_text(m), self.arrival_ns));
                 return;
             }
         }
@@ -215,11 +188,8 @@ impl Decoded for Sink<'_> {
         self.out.metrics += 1;
         let window_end = self.config.window.end(ts);
         let late = self.watermarks.is_late(self.slot, window_end);
-        let watermark = self
-            .watermarks
-            .partition_watermark(self.slot)
-            .unwrap_or(i64::MIN)
-            .max(self.watermarks.combined());
+        let watermark =
+            self.watermarks.partition_watermark(self.slot).unwrap_or(i64::MIN).max(self.watermarks.combined());
         self.watermarks.observe(self.slot, ts);
         let group = self.table.group(&tags, &m.name, instance);
         for (field, value) in &m.fields {
@@ -228,8 +198,7 @@ impl Decoded for Sink<'_> {
             };
             if late {
                 let (agent, measurement, instance) = self.table.group_parts(group);
-                let (agent, measurement, instance) =
-                    (agent.clone(), measurement.clone(), instance.clone());
+                let (agent, measurement, instance) = (agent.clone(), measurement.clone(), instance.clone());
                 let field = self.table.field_name(field);
                 self.out.late.push(LateRow {
                     agent,
@@ -246,15 +215,7 @@ impl Decoded for Sink<'_> {
             match self.table.series(group, field) {
                 Ok(series) => {
                     self.out.values += 1;
-                    self.push(
-                        window_end,
-                        Observation {
-                            series,
-                            ts,
-                            order: self.order,
-                            value,
-                        },
-                    );
+                    self.push(window_end, Observation { series, ts, order: self.order, value });
                 }
                 Err(e) => {
                     let reason = format!("{e}: new series {}.{field} refused", m.name);
@@ -270,12 +231,7 @@ impl Decoded for Sink<'_> {
     }
 
     fn reject(&mut self, reason: String, payload: &[u8]) {
-        self.out.rejects.push(RejectRow::new(
-            self.origin.clone(),
-            reason,
-            payload,
-            self.arrival_ns,
-        ));
+        self.out.rejects.push(RejectRow::new(self.origin.clone(), reason, payload, self.arrival_ns));
     }
 }
 
@@ -283,23 +239,12 @@ impl Decoded for Sink<'_> {
 fn metric_text(m: &Metric<'_>) -> Vec<u8> {
     let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let fields: Vec<String> = m.fields.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-    format!(
-        "{},{} {} {}",
-        m.name,
-        tags.join(","),
-        fields.join(","),
-        m.timestamp
-    )
-    .into_bytes()
+    format!("{},{} {} {}", m.name, tags.join(","), fields.join(","), m.timestamp).into_bytes()
 }
 
 /// A shared, empty origin name, for callers without one.
 pub fn origin(source: &Arc<str>, partition: i32, position: i64) -> Origin {
-    Origin {
-        source: source.clone(),
-        partition,
-        position,
-    }
+    Origin { source: source.clone(), partition, position }
 }
 
 #[cfg(test)]
@@ -332,15 +277,7 @@ mod tests {
         let slot = wm.add_partition(now);
         let src: Arc<str> = "f".into();
         let t0 = 1_700_000_000i64;
-        for (i, (ts, v)) in [
-            (t0, 1.0),
-            (t0 + 3, 2.0),
-            (t0 + 16, 3.0),
-            (t0 + 2, 4.0),
-            (t0 + 12, 5.0),
-        ]
-        .iter()
-        .enumerate()
+        for (i, (ts, v)) in [(t0, 1.0), (t0 + 3, 2.0), (t0 + 16, 3.0), (t0 + 2, 4.0), (t0 + 12, 5.0)].iter().enumerate()
         {
             ingest.message(
                 msg("vm-1", *ts, *v).as_bytes(),
@@ -351,14 +288,7 @@ mod tests {
                 now,
             );
         }
-        ingest.message(
-            b"garbage",
-            &origin(&src, 0, 9),
-            slot,
-            &mut wm,
-            t0 * 1_000_000_000,
-            now,
-        );
+        ingest.message(b"garbage", &origin(&src, 0, 9), slot, &mut wm, t0 * 1_000_000_000, now);
         let out = ingest.take();
         // t0+16 moves the watermark to t0+11: the window ending at t0+10 is closed for t0+2.
         assert_eq!(out.late.len(), 1);
@@ -366,14 +296,8 @@ mod tests {
         assert_eq!(out.late[0].watermark, (t0 + 11) * 1_000_000_000);
         assert_eq!(out.rejects.len(), 1);
         assert_eq!(out.rejects[0].origin.position, 9);
-        let w1: Vec<f64> = out.windows[&((t0 + 10) * 1_000_000_000)]
-            .iter()
-            .map(|o| o.value)
-            .collect();
-        let w2: Vec<f64> = out.windows[&((t0 + 20) * 1_000_000_000)]
-            .iter()
-            .map(|o| o.value)
-            .collect();
+        let w1: Vec<f64> = out.windows[&((t0 + 10) * 1_000_000_000)].iter().map(|o| o.value).collect();
+        let w2: Vec<f64> = out.windows[&((t0 + 20) * 1_000_000_000)].iter().map(|o| o.value).collect();
         assert_eq!(w1, vec![1.0, 2.0]);
         assert_eq!(w2, vec![3.0, 5.0]);
         assert_eq!(&*table.borrow().key(0).instance, "cpu-total");
@@ -389,29 +313,11 @@ mod tests {
         let src: Arc<str> = "f".into();
         let t0 = 1_700_000_000i64;
         let arrival = t0 * 1_000_000_000;
-        ingest.message(
-            msg("a", t0, 1.0).as_bytes(),
-            &origin(&src, 0, 0),
-            slot,
-            &mut wm,
-            arrival,
-            now,
-        );
-        ingest.message(
-            msg("a", t0 + 86_400, 1.0).as_bytes(),
-            &origin(&src, 0, 1),
-            slot,
-            &mut wm,
-            arrival,
-            now,
-        );
+        ingest.message(msg("a", t0, 1.0).as_bytes(), &origin(&src, 0, 0), slot, &mut wm, arrival, now);
+        ingest.message(msg("a", t0 + 86_400, 1.0).as_bytes(), &origin(&src, 0, 1), slot, &mut wm, arrival, now);
         let out = ingest.take();
         assert_eq!(out.rejects.len(), 1);
-        assert!(
-            out.rejects[0].reason.contains("ahead"),
-            "{}",
-            out.rejects[0].reason
-        );
+        assert!(out.rejects[0].reason.contains("ahead"), "{}", out.rejects[0].reason);
         assert_eq!(wm.partition_watermark(slot), Some(arrival));
     }
 }

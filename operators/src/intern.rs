@@ -53,10 +53,7 @@ impl SeriesTable {
 
     /// Refuse new series beyond `limit` (per worker).
     pub fn with_limit(limit: Option<usize>) -> Self {
-        SeriesTable {
-            limit,
-            ..Self::default()
-        }
+        SeriesTable { limit, ..Self::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -79,13 +76,7 @@ impl SeriesTable {
     /// The group id of (agent, measurement, instance).
     pub fn group(&mut self, tags: &TagRefs<'_>, measurement: &str, instance: &str) -> u32 {
         self.buf.clear();
-        for part in [
-            tags.ns_id,
-            tags.mcis_id,
-            tags.vm_id,
-            tags.csp_type,
-            tags.os_type,
-        ] {
+        for part in [tags.ns_id, tags.mcis_id, tags.vm_id, tags.csp_type, tags.os_type] {
             self.buf.extend_from_slice(part.as_bytes());
             self.buf.push(0);
         }
@@ -114,12 +105,7 @@ impl SeriesTable {
         let measurement = self.name(measurement);
         let instance = self.name(instance);
         let id = self.groups.len() as u32;
-        self.groups.push(Group {
-            agent,
-            measurement,
-            instance,
-            fields: Vec::new(),
-        });
+        self.groups.push(Group { agent, measurement, instance, fields: Vec::new() });
         self.group_index.insert(key, id);
         id
     }
@@ -140,12 +126,7 @@ impl SeriesTable {
         let g = &mut self.groups[group as usize];
         let id = self.series.len() as u32;
         g.fields.push((field.clone(), id));
-        let key = SeriesKey::new(
-            g.agent.clone(),
-            g.measurement.clone(),
-            g.instance.clone(),
-            field,
-        );
+        let key = SeriesKey::new(g.agent.clone(), g.measurement.clone(), g.instance.clone(), field);
         self.series.push(key);
         Ok(id)
     }
@@ -175,13 +156,7 @@ mod tests {
     #[test]
     fn same_series_same_id() {
         let mut t = SeriesTable::new();
-        let tags = TagRefs {
-            ns_id: "ns",
-            mcis_id: "m",
-            vm_id: "vm-1",
-            csp_type: "aws",
-            os_type: "linux",
-        };
+        let tags = TagRefs { ns_id: "ns", mcis_id: "m", vm_id: "vm-1", csp_type: "aws", os_type: "linux" };
         let g = t.group(&tags, "cpu", "cpu-total");
         let a = t.series(g, "usage_idle").unwrap();
         let b = t.series(g, "usage_user").unwrap();
@@ -192,11 +167,7 @@ mod tests {
         assert_eq!(&*t.key(a).field, "usage_idle");
         assert_eq!(&*t.key(a).agent.vm_id, "vm-1");
         // Tags that differ only in where a separator falls are different agents.
-        let other = TagRefs {
-            ns_id: "n",
-            mcis_id: "sm",
-            ..tags
-        };
+        let other = TagRefs { ns_id: "n", mcis_id: "sm", ..tags };
         assert_ne!(t.group(&other, "cpu", "cpu-total"), g);
     }
 

@@ -17,7 +17,5 @@ pub mod time;
 pub mod window;
 
 pub use aggregate::Agg;
-pub use model::{
-    AgentTags, LateRow, Observation, ObservationBatch, Origin, RejectRow, SeriesKey, WindowBatch,
-};
+pub use model::{AgentTags, LateRow, Observation, ObservationBatch, Origin, RejectRow, SeriesKey, WindowBatch};
 pub use time::{Watermarks, WindowSpec};

@@ -22,10 +22,7 @@ pub struct AgentTags {
 impl AgentTags {
     /// The agent's registry key, `{nsId}/{mcisId}/{vmId}/{cspType}`.
     pub fn key(&self) -> String {
-        format!(
-            "{}/{}/{}/{}",
-            self.ns_id, self.mcis_id, self.vm_id, self.csp_type
-        )
+        format!("{}/{}/{}/{}", self.ns_id, self.mcis_id, self.vm_id, self.csp_type)
     }
 }
 
@@ -44,12 +41,7 @@ pub struct SeriesKey {
 }
 
 impl SeriesKey {
-    pub fn new(
-        agent: Arc<AgentTags>,
-        measurement: Arc<str>,
-        instance: Arc<str>,
-        field: Arc<str>,
-    ) -> Self {
+    pub fn new(agent: Arc<AgentTags>, measurement: Arc<str>, instance: Arc<str>, field: Arc<str>) -> Self {
         let hash = stable_hash(&[
             &agent.ns_id,
             &agent.mcis_id,
@@ -60,13 +52,7 @@ impl SeriesKey {
             &instance,
             &field,
         ]);
-        SeriesKey {
-            agent,
-            measurement,
-            instance,
-            field,
-            hash,
-        }
+        SeriesKey { agent, measurement, instance, field, hash }
     }
 
     /// A hash that is the same in every process and every run (used to route series to workers).
@@ -181,18 +167,8 @@ pub struct RejectRow {
 }
 
 impl RejectRow {
-    pub fn new(
-        origin: Origin,
-        reason: impl Into<String>,
-        payload: &[u8],
-        received_at: i64,
-    ) -> Self {
-        RejectRow {
-            origin,
-            reason: reason.into(),
-            payload: truncate_payload(payload),
-            received_at,
-        }
+    pub fn new(origin: Origin, reason: impl Into<String>, payload: &[u8], received_at: i64) -> Self {
+        RejectRow { origin, reason: reason.into(), payload: truncate_payload(payload), received_at }
     }
 }
 

@@ -20,10 +20,7 @@ pub struct WindowSpec {
 
 impl WindowSpec {
     pub fn new(size: Duration, lateness: Duration) -> Self {
-        WindowSpec {
-            size: size.as_nanos() as i64,
-            lateness: lateness.as_nanos() as i64,
-        }
+        WindowSpec { size: size.as_nanos() as i64, lateness: lateness.as_nanos() as i64 }
     }
 
     #[inline]
@@ -55,21 +52,12 @@ pub struct Watermarks {
 
 impl Watermarks {
     pub fn new(lateness: i64, idle_timeout: Duration) -> Self {
-        Watermarks {
-            lateness,
-            idle_timeout,
-            parts: Vec::new(),
-            combined: i64::MIN,
-        }
+        Watermarks { lateness, idle_timeout, parts: Vec::new(), combined: i64::MIN }
     }
 
     /// Registers a partition and returns its slot.
     pub fn add_partition(&mut self, now: Instant) -> usize {
-        self.parts.push(Partition {
-            max_ts: None,
-            last_active: now,
-            finished: false,
-        });
+        self.parts.push(Partition { max_ts: None, last_active: now, finished: false });
         self.parts.len() - 1
     }
 
@@ -95,9 +83,7 @@ impl Watermarks {
     /// The partition's own watermark (`None` before its first event).
     #[inline]
     pub fn partition_watermark(&self, slot: usize) -> Option<i64> {
-        self.parts[slot]
-            .max_ts
-            .map(|m| m.saturating_sub(self.lateness))
+        self.parts[slot].max_ts.map(|m| m.saturating_sub(self.lateness))
     }
 
     /// A partition that reached its end no longer holds the watermark back.
@@ -114,10 +100,7 @@ impl Watermarks {
     /// the combined watermark already published (its window has been emitted).
     #[inline]
     pub fn is_late(&self, slot: usize, window_end: i64) -> bool {
-        window_end <= self.combined
-            || self
-                .partition_watermark(slot)
-                .is_some_and(|w| window_end <= w)
+        window_end <= self.combined || self.partition_watermark(slot).is_some_and(|w| window_end <= w)
     }
 
     /// The combined watermark published so far (`i64::MIN` before any).
@@ -139,10 +122,7 @@ impl Watermarks {
                 continue;
             }
             any_active = true;
-            let w = p
-                .max_ts
-                .map(|m| m.saturating_sub(self.lateness))
-                .unwrap_or(i64::MIN);
+            let w = p.max_ts.map(|m| m.saturating_sub(self.lateness)).unwrap_or(i64::MIN);
             min = Some(min.map_or(w, |m: i64| m.min(w)));
         }
         if !any_active {
@@ -176,10 +156,7 @@ mod tests {
         let w = WindowSpec::new(Duration::from_secs(10), Duration::from_secs(5));
         assert_eq!(w.start(1_700_000_003 * NANOS), 1_700_000_000 * NANOS);
         assert_eq!(w.end(1_700_000_000 * NANOS), 1_700_000_010 * NANOS);
-        assert_eq!(
-            w.end(1_700_000_009 * NANOS + 999_999_999),
-            1_700_000_010 * NANOS
-        );
+        assert_eq!(w.end(1_700_000_009 * NANOS + 999_999_999), 1_700_000_010 * NANOS);
     }
 
     #[test]

@@ -65,56 +65,43 @@ pub type Time = u64;
 /// ```
 pub trait WindowAggregate<'scope> {
     /// `size` is the window length in ns; `table` resolves this worker's series ids.
-    fn window_aggregate(
-        self,
-        table: Rc<RefCell<SeriesTable>>,
-        size: i64,
-    ) -> Stream<'scope, Time, Vec<WindowBatch>>;
+    fn window_aggregate(self, table: Rc<RefCell<SeriesTable>>, size: i64) -> Stream<'scope, Time, Vec<WindowBatch>>;
 }
 
 impl<'scope> WindowAggregate<'scope> for Stream<'scope, Time, Vec<ObservationBatch>> {
-    fn window_aggregate(
-        self,
-        table: Rc<RefCell<SeriesTable>>,
-        size: i64,
-    ) -> Stream<'scope, Time, Vec<WindowBatch>> {
+    fn window_aggregate(self, table: Rc<RefCell<SeriesTable>>, size: i64) -> Stream<'scope, Time, Vec<WindowBatch>> {
         let peers = self.scope().peers();
-        let partials = self
-            .unary_frontier::<CapacityContainerBuilder<Vec<(SeriesKey, Agg)>>, _, _, _>(
-                Pipeline,
-                "WindowPreAggregate",
-                move |_cap, _info| {
-                    let mut open: BTreeMap<Time, (Capability<Time>, FxHashMap<u32, Agg>)> =
-                        BTreeMap::new();
-                    move |(input, frontier), output| {
-                        input.for_each_stamp(|cap, data| {
-                            let Some(time) = cap.retain_least(output.output_index()) else {
-                                return;
-                            };
-                            let entry = open
-                                .entry(*time.time())
-                                .or_insert_with(|| (time, FxHashMap::default()));
-                            for container in data {
-                                for batch in container.drain(..) {
-                                    fold(&mut entry.1, &batch);
-                                }
-                            }
-                        });
-                        while let Some((&end, _)) = open.first_key_value() {
-                            if frontier.less_equal(&end) {
-                                break;
-                            }
-                            let (cap, aggs) =
-                                open.pop_first().map(|(_, v)| v).expect("first key exists");
-                            let table = table.borrow();
-                            let mut session = output.session(&cap);
-                            for (series, agg) in aggs {
-                                session.give((table.key(series).clone(), agg));
+        let partials = self.unary_frontier::<CapacityContainerBuilder<Vec<(SeriesKey, Agg)>>, _, _, _>(
+            Pipeline,
+            "WindowPreAggregate",
+            move |_cap, _info| {
+                let mut open: BTreeMap<Time, (Capability<Time>, FxHashMap<u32, Agg>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each_stamp(|cap, data| {
+                        let Some(time) = cap.retain_least(output.output_index()) else {
+                            return;
+                        };
+                        let entry = open.entry(*time.time()).or_insert_with(|| (time, FxHashMap::default()));
+                        for container in data {
+                            for batch in container.drain(..) {
+                                fold(&mut entry.1, &batch);
                             }
                         }
+                    });
+                    while let Some((&end, _)) = open.first_key_value() {
+                        if frontier.less_equal(&end) {
+                            break;
+                        }
+                        let (cap, aggs) = open.pop_first().map(|(_, v)| v).expect("first key exists");
+                        let table = table.borrow();
+                        let mut session = output.session(&cap);
+                        for (series, agg) in aggs {
+                            session.give((table.key(series).clone(), agg));
+                        }
                     }
-                },
-            );
+                }
+            },
+        );
         // With one worker the partials are already final; otherwise merge them by series owner.
         let pact_route = move |(key, _): &(SeriesKey, Agg)| key.stable_hash();
         if peers == 1 {
@@ -156,10 +143,7 @@ struct Merger {
 
 impl Merger {
     fn new(size: i64) -> Self {
-        Merger {
-            size,
-            open: BTreeMap::new(),
-        }
+        Merger { size, open: BTreeMap::new() }
     }
 
     fn step<P>(
@@ -175,9 +159,7 @@ impl Merger {
             let Some(time) = cap.retain_least(output.output_index()) else {
                 return;
             };
-            let entry = open
-                .entry(*time.time())
-                .or_insert_with(|| (time, FxHashMap::default()));
+            let entry = open.entry(*time.time()).or_insert_with(|| (time, FxHashMap::default()));
             for container in data {
                 for (key, agg) in container.drain(..) {
                     match entry.1.get_mut(&key) {
@@ -195,11 +177,8 @@ impl Merger {
             }
             let (cap, aggs) = open.pop_first().map(|(_, v)| v).expect("first key exists");
             let window_end = end as i64;
-            let batch = WindowBatch {
-                window_start: window_end - self.size,
-                window_end,
-                rows: aggs.into_iter().collect(),
-            };
+            let batch =
+                WindowBatch { window_start: window_end - self.size, window_end, rows: aggs.into_iter().collect() };
             output.session(&cap).give(batch);
         }
     }
@@ -218,16 +197,11 @@ mod tests {
     /// (vm index, field index, ts, value) — ts in units, window size 10 units.
     type Raw = (u8, u8, u64, i32);
 
-    fn reference(
-        raw: &[Raw],
-        size: u64,
-    ) -> HashMap<(u64, String, String), (u64, f64, f64, f64, f64)> {
+    fn reference(raw: &[Raw], size: u64) -> HashMap<(u64, String, String), (u64, f64, f64, f64, f64)> {
         let mut out: HashMap<(u64, String, String), Vec<(u64, usize, f64)>> = HashMap::new();
         for (i, &(vm, f, ts, v)) in raw.iter().enumerate() {
             let start = ts / size * size;
-            out.entry((start, format!("vm-{vm}"), format!("f{f}")))
-                .or_default()
-                .push((ts, i, v as f64));
+            out.entry((start, format!("vm-{vm}"), format!("f{f}"))).or_default().push((ts, i, v as f64));
         }
         out.into_iter()
             .map(|(k, vs)| {
@@ -243,11 +217,7 @@ mod tests {
 
     /// Runs `raw` (in arrival order) through `workers` workers, dealing records round-robin,
     /// all windows open until the end of input.
-    fn run(
-        raw: Vec<Raw>,
-        workers: usize,
-        size: u64,
-    ) -> HashMap<(u64, String, String), (u64, f64, f64, f64, f64)> {
+    fn run(raw: Vec<Raw>, workers: usize, size: u64) -> HashMap<(u64, String, String), (u64, f64, f64, f64, f64)> {
         let result = Arc::new(Mutex::new(HashMap::new()));
         let sink = result.clone();
         let raw = Arc::new(raw);
@@ -258,22 +228,16 @@ mod tests {
             let sink = sink.clone();
             let mut input = worker.dataflow::<Time, _, _>(|scope| {
                 let (input, stream) = scope.new_input::<Vec<ObservationBatch>>();
-                stream
-                    .window_aggregate(table.clone(), size as i64)
-                    .inspect(move |w| {
-                        let mut r = sink.lock().unwrap();
-                        for (k, a) in &w.rows {
-                            let prev = r.insert(
-                                (
-                                    w.window_start as u64,
-                                    k.agent.vm_id.to_string(),
-                                    k.field.to_string(),
-                                ),
-                                (a.count, a.sum(), a.min, a.max, a.last),
-                            );
-                            assert!(prev.is_none(), "window emitted twice");
-                        }
-                    });
+                stream.window_aggregate(table.clone(), size as i64).inspect(move |w| {
+                    let mut r = sink.lock().unwrap();
+                    for (k, a) in &w.rows {
+                        let prev = r.insert(
+                            (w.window_start as u64, k.agent.vm_id.to_string(), k.field.to_string()),
+                            (a.count, a.sum(), a.min, a.max, a.last),
+                        );
+                        assert!(prev.is_none(), "window emitted twice");
+                    }
+                });
                 input
             });
             let mut by_window: BTreeMap<u64, Vec<Observation>> = BTreeMap::new();
@@ -282,31 +246,18 @@ mod tests {
                     continue;
                 }
                 let mut t = table.borrow_mut();
-                let g = t.group(
-                    &TagRefs {
-                        vm_id: &format!("vm-{vm}"),
-                        ..Default::default()
-                    },
-                    "m",
-                    "",
-                );
+                let g = t.group(&TagRefs { vm_id: &format!("vm-{vm}"), ..Default::default() }, "m", "");
                 let series = t.series(g, &format!("f{f}")).unwrap();
-                by_window
-                    .entry(ts / size * size + size)
-                    .or_default()
-                    .push(Observation {
-                        series,
-                        ts: ts as i64,
-                        order: i as u64,
-                        value: v as f64,
-                    });
+                by_window.entry(ts / size * size + size).or_default().push(Observation {
+                    series,
+                    ts: ts as i64,
+                    order: i as u64,
+                    value: v as f64,
+                });
             }
             for (end, observations) in by_window {
                 input.advance_to(end);
-                input.send(ObservationBatch {
-                    window_end: end as i64,
-                    observations,
-                });
+                input.send(ObservationBatch { window_end: end as i64, observations });
             }
         })
         .unwrap();

@@ -11,11 +11,7 @@ use super::{emit, Decoded, FieldValue, Metric, TimestampUnit};
 /// Timestamps are nanoseconds unless `unit` says otherwise (`Auto` means nanoseconds here,
 /// as in InfluxDB's write API).
 pub fn decode_influx(payload: &[u8], unit: TimestampUnit, arrival_ns: i64, out: &mut impl Decoded) {
-    let unit = if unit == TimestampUnit::Auto {
-        TimestampUnit::Ns
-    } else {
-        unit
-    };
+    let unit = if unit == TimestampUnit::Auto { TimestampUnit::Ns } else { unit };
     // Invalid UTF-8 only spoils the lines it is on.
     for raw_line in payload.split(|&b| b == b'\n') {
         let text = match std::str::from_utf8(raw_line) {
@@ -54,11 +50,7 @@ fn decode_line(line: &str, unit: TimestampUnit, arrival_ns: i64, out: &mut impl 
         .series
         .tag_set
         .as_ref()
-        .map(|t| {
-            t.iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
-                .collect()
-        })
+        .map(|t| t.iter().map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str()))).collect())
         .unwrap_or_default();
     let fields = parsed
         .field_set
@@ -74,12 +66,7 @@ fn decode_line(line: &str, unit: TimestampUnit, arrival_ns: i64, out: &mut impl 
             (Cow::Borrowed(k.as_str()), v)
         })
         .collect();
-    let metric = Metric {
-        name: Cow::Borrowed(parsed.series.measurement.as_str()),
-        tags,
-        fields,
-        timestamp,
-    };
+    let metric = Metric { name: Cow::Borrowed(parsed.series.measurement.as_str()), tags, fields, timestamp };
     emit(metric, line.as_bytes(), out);
 }
 
@@ -108,10 +95,7 @@ mem used=3\n");
         assert_eq!(c.metrics[1].fields[2].1, FieldValue::Bool(true));
         assert_eq!(c.metrics[1].fields[3].1, FieldValue::Str);
         assert_eq!(c.metrics[1].timestamp, 1_700_000_000_000_000_001);
-        assert_eq!(
-            c.metrics[2].timestamp, 42,
-            "a line without timestamp gets the arrival time"
-        );
+        assert_eq!(c.metrics[2].timestamp, 42, "a line without timestamp gets the arrival time");
     }
 
     #[test]

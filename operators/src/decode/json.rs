@@ -150,9 +150,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut fields = Vec::with_capacity(12);
                 while let Some(k) = map.next_key::<Str<'a>>()? {
-                    let v: Field = map
-                        .next_value()
-                        .map_err(|e| de::Error::custom(format!("field '{}': {e}", k.0)))?;
+                    let v: Field = map.next_value().map_err(|e| de::Error::custom(format!("field '{}': {e}", k.0)))?;
                     fields.push((k.0, v.0));
                 }
                 Ok(Fields(fields))
@@ -179,9 +177,7 @@ impl<'de> Deserialize<'de> for Timestamp {
                 Ok(Timestamp::Int(v))
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timestamp, E> {
-                i64::try_from(v)
-                    .map(Timestamp::Int)
-                    .map_err(|_| E::custom(format!("timestamp {v} out of range")))
+                i64::try_from(v).map(Timestamp::Int).map_err(|_| E::custom(format!("timestamp {v} out of range")))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timestamp, E> {
                 Ok(Timestamp::Float(v))
@@ -239,17 +235,8 @@ pub fn decode_json(payload: &[u8], unit: TimestampUnit, out: &mut impl Decoded) 
 
 fn decode_value(payload: &[u8], unit: TimestampUnit, allow_batch: bool, out: &mut impl Decoded) {
     // serde_json has its own recursion limit (128); ours is far lower and keeps the error clear.
-    if payload
-        .iter()
-        .filter(|&&b| b == b'{' || b == b'[')
-        .nth(MAX_DEPTH)
-        .is_some()
-        && too_deep(payload, MAX_DEPTH)
-    {
-        out.reject(
-            format!("JSON nested deeper than {MAX_DEPTH} levels"),
-            payload,
-        );
+    if payload.iter().filter(|&&b| b == b'{' || b == b'[').nth(MAX_DEPTH).is_some() && too_deep(payload, MAX_DEPTH) {
+        out.reject(format!("JSON nested deeper than {MAX_DEPTH} levels"), payload);
         return;
     }
     let raw: RawMetric<'_> = match serde_json::from_slice(payload) {
@@ -286,12 +273,7 @@ fn decode_value(payload: &[u8], unit: TimestampUnit, allow_batch: bool, out: &mu
         Ok(t) => t,
         Err(reason) => return out.reject(reason, payload),
     };
-    let metric = Metric {
-        name,
-        tags: raw.tags.map(|t| t.0).unwrap_or_default(),
-        fields,
-        timestamp,
-    };
+    let metric = Metric { name, tags: raw.tags.map(|t| t.0).unwrap_or_default(), fields, timestamp };
     emit(metric, payload, out);
 }
 
@@ -331,9 +313,7 @@ mod tests {
             ("1700000000123456", 1_700_000_000_123_456_000),
             ("1700000000123456789", 1_700_000_000_123_456_789),
         ] {
-            let c = run(&format!(
-                r#"{{"name":"m","fields":{{"v":1}},"timestamp":{ts}}}"#
-            ));
+            let c = run(&format!(r#"{{"name":"m","fields":{{"v":1}},"timestamp":{ts}}}"#));
             assert_eq!(c.metrics[0].timestamp, want, "{ts}");
         }
     }
@@ -345,11 +325,7 @@ mod tests {
         );
         assert_eq!(c.metrics.len(), 2);
         assert_eq!(c.rejects.len(), 1);
-        assert!(
-            c.rejects[0].0.contains("array field value"),
-            "{}",
-            c.rejects[0].0
-        );
+        assert!(c.rejects[0].0.contains("array field value"), "{}", c.rejects[0].0);
         assert!(String::from_utf8_lossy(&c.rejects[0].1).contains("\"b\""));
     }
 
@@ -361,46 +337,23 @@ mod tests {
             (r#"{"name":"m","timestamp":1}"#, "no \"fields\""),
             (r#"{"name":"m","fields":{"v":1}}"#, "no \"timestamp\""),
             (r#"{"name":"m","fields":{},"timestamp":1}"#, "has no fields"),
-            (
-                r#"{"name":"m","fields":{"v":1},"timestamp":-5}"#,
-                "negative timestamp",
-            ),
-            (
-                r#"{"name":"m","fields":{"v":null},"timestamp":1}"#,
-                "null field value",
-            ),
-            (
-                r#"{"name":"m","fields":{"v":1},"timestamp":"now"}"#,
-                "numeric timestamp",
-            ),
-            (
-                r#"{"name":"m","fields":{"v":1e999},"timestamp":1}"#,
-                "invalid Telegraf JSON",
-            ),
-            (
-                &format!("{}1{}", "[".repeat(40), "]".repeat(40)),
-                "nested deeper",
-            ),
+            (r#"{"name":"m","fields":{"v":1},"timestamp":-5}"#, "negative timestamp"),
+            (r#"{"name":"m","fields":{"v":null},"timestamp":1}"#, "null field value"),
+            (r#"{"name":"m","fields":{"v":1},"timestamp":"now"}"#, "numeric timestamp"),
+            (r#"{"name":"m","fields":{"v":1e999},"timestamp":1}"#, "invalid Telegraf JSON"),
+            (&format!("{}1{}", "[".repeat(40), "]".repeat(40)), "nested deeper"),
         ] {
             let c = run(input);
             assert!(c.metrics.is_empty(), "{input}");
             assert_eq!(c.rejects.len(), 1, "{input}");
-            assert!(
-                c.rejects[0].0.contains(reason),
-                "{input}: {}",
-                c.rejects[0].0
-            );
+            assert!(c.rejects[0].0.contains(reason), "{input}: {}", c.rejects[0].0);
         }
     }
 
     #[test]
     fn invalid_utf8_is_rejected() {
         let mut c = Collected::default();
-        decode_json(
-            b"{\"name\":\"\xff\",\"fields\":{\"v\":1},\"timestamp\":1}",
-            TimestampUnit::Auto,
-            &mut c,
-        );
+        decode_json(b"{\"name\":\"\xff\",\"fields\":{\"v\":1},\"timestamp\":1}", TimestampUnit::Auto, &mut c);
         assert_eq!(c.rejects.len(), 1);
     }
 }

@@ -68,8 +68,7 @@ impl TimestampUnit {
         if v < 0 {
             return Err(format!("negative timestamp {v}"));
         }
-        v.checked_mul(self.nanos_per_unit(v as f64))
-            .ok_or_else(|| format!("timestamp {v} out of range"))
+        v.checked_mul(self.nanos_per_unit(v as f64)).ok_or_else(|| format!("timestamp {v} out of range"))
     }
 
     /// Converts a fractional timestamp to nanoseconds since the epoch.
@@ -137,21 +136,9 @@ pub trait Decoded {
 }
 
 /// Decodes one message in the given format.
-pub fn decode(
-    format: Format,
-    payload: &[u8],
-    unit: TimestampUnit,
-    arrival_ns: i64,
-    out: &mut impl Decoded,
-) {
+pub fn decode(format: Format, payload: &[u8], unit: TimestampUnit, arrival_ns: i64, out: &mut impl Decoded) {
     if payload.len() > MAX_MESSAGE_BYTES {
-        out.reject(
-            format!(
-                "message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES}",
-                payload.len()
-            ),
-            payload,
-        );
+        out.reject(format!("message of {} bytes exceeds the limit of {MAX_MESSAGE_BYTES}", payload.len()), payload);
         return;
     }
     match format {
@@ -195,20 +182,12 @@ fn validate(m: &Metric<'_>) -> Result<(), String> {
 
 /// Splits non-finite numeric values off a metric: they are rejected, the rest is kept.
 fn non_finite_fields(m: &Metric<'_>) -> Option<String> {
-    let bad: Vec<&str> = m
-        .fields
-        .iter()
-        .filter(|(_, v)| v.numeric().is_some_and(|x| !x.is_finite()))
-        .map(|(k, _)| &**k)
-        .collect();
+    let bad: Vec<&str> =
+        m.fields.iter().filter(|(_, v)| v.numeric().is_some_and(|x| !x.is_finite())).map(|(k, _)| &**k).collect();
     if bad.is_empty() {
         None
     } else {
-        Some(format!(
-            "non-finite value in field(s) {} of '{}'",
-            bad.join(", "),
-            m.name
-        ))
+        Some(format!("non-finite value in field(s) {} of '{}'", bad.join(", "), m.name))
     }
 }
 
@@ -220,8 +199,7 @@ fn emit(mut m: Metric<'_>, payload: &[u8], out: &mut impl Decoded) {
     }
     if let Some(reason) = non_finite_fields(&m) {
         out.reject(reason, payload);
-        m.fields
-            .retain(|(_, v)| v.numeric().is_none_or(|x| x.is_finite()));
+        m.fields.retain(|(_, v)| v.numeric().is_none_or(|x| x.is_finite()));
         if m.fields.is_empty() {
             return;
         }
