@@ -117,6 +117,11 @@ impl Ingest {
         decode(self.config.format, payload, self.config.unit, arrival_ns, &mut sink);
     }
 
+    /// Records a reject found outside the decoder (an empty message, a read error, …).
+    pub fn reject(&mut self, origin: &Origin, reason: impl Into<String>, payload: &[u8], arrival_ns: i64) {
+        self.out.rejects.push(RejectRow::new(origin.clone(), reason, payload, arrival_ns));
+    }
+
     /// Takes everything produced since the last call.
     pub fn take(&mut self) -> IngestOutput {
         if let Some((end, obs)) = self.current.take() {

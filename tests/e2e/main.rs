@@ -1,1 +1,11 @@
+//! End-to-end tests of the `dragonflow` binary and the engine's crates together.
+//!
+//! One test crate (one link of DataFusion) with a module per area. Tests here need no outside
+//! service: Kafka is librdkafka's in-process mock cluster. Tests against real services (tansu,
+//! InfluxDB) live in `services`, and need what `tests/run-all.sh` starts.
 
+mod cli;
+mod common;
+mod demo;
+mod file_job;
+mod kafka_mock;

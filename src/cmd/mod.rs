@@ -1,0 +1,73 @@
+//! The subcommands.
+
+pub mod bench;
+pub mod demo;
+pub mod loadgen;
+pub mod run;
+pub mod sql;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pipelines::JobMetrics;
+
+/// Parses "10s", "500ms", "2m".
+pub fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("expected a duration like \"10s\" or \"2m\": {e}"))
+}
+
+/// Prints `line()` to stderr every `every` until the returned guard is dropped.
+pub struct StatusPrinter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatusPrinter {
+    pub fn start(every: Duration, mut line: impl FnMut() -> String + Send + 'static) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let step = Duration::from_millis(50);
+            let mut waited = Duration::ZERO;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(step);
+                waited += step;
+                if waited >= every {
+                    waited = Duration::ZERO;
+                    eprintln!("{}", line());
+                }
+            }
+        });
+        StatusPrinter { stop, handle: Some(handle) }
+    }
+}
+
+impl Drop for StatusPrinter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The job summary printed at the end of `run`, `demo` and `bench`.
+pub fn print_report(report: &pipelines::JobReport, metrics: &JobMetrics) {
+    println!("records in:  {} messages ({} values)", report.messages, report.values);
+    println!("rejects:     {}", report.rejects);
+    println!("late:        {}", report.late);
+    println!("windows out: {} ({} aggregate rows, {} files)", report.windows, report.rows, report.files);
+    println!("elapsed:     {:.3} s", report.elapsed.as_secs_f64());
+    println!("throughput:  {:.0} messages/s", report.messages_per_sec());
+    if let Ok(Some(e)) = metrics.last_error.lock().map(|e| e.clone()) {
+        println!("last error:  {e}");
+    }
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes, where /proc tells.
+pub fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

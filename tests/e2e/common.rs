@@ -1,0 +1,77 @@
+//! Helpers shared by the end-to-end tests.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `dragonflow` binary built for these tests.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dragonflow"))
+}
+
+/// Runs `dragonflow ARGS`, returning its output (never panics on a non-zero exit).
+pub fn dragonflow(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("dragonflow runs")
+}
+
+/// Runs `dragonflow ARGS` and insists that it succeeds.
+pub fn dragonflow_ok(args: &[&str]) -> String {
+    let out = dragonflow(args);
+    assert!(
+        out.status.success(),
+        "dragonflow {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a query with `dragonflow sql --format csv` and returns rows as header → value maps.
+pub fn sql_rows(lake: &Path, query: &str) -> Vec<HashMap<String, String>> {
+    let text = dragonflow_ok(&["sql", "--lake", lake.to_str().unwrap(), "--format", "csv", query]);
+    let mut lines = text.lines().filter(|l| !l.is_empty());
+    let Some(header) = lines.next() else { return Vec::new() };
+    let names: Vec<String> = split_csv(header);
+    lines.map(|l| names.iter().cloned().zip(split_csv(l)).collect()).collect()
+}
+
+/// Splits one CSV line (quotes as RFC 4180).
+pub fn split_csv(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Writes a job spec for a file source and a Parquet lake.
+pub fn file_spec(dir: &Path, input: &Path, lake: &Path, format: &str) -> PathBuf {
+    let spec = dir.join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[source]\nkind = \"file\"\npath = {:?}\nformat = \"{format}\"\n\n[window]\nsize = \"10s\"\nlateness = \"5s\"\n\n[[sink]]\nkind = \"parquet\"\npath = {:?}\n",
+            input.display().to_string(),
+            lake.display().to_string()
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+/// Relative difference, for comparing means.
+pub fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / a.abs().max(b.abs()).max(1e-300)
+}
