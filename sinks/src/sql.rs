@@ -1,0 +1,279 @@
+//! Read-only SQL over the lake, with DataFusion.
+//!
+//! [`lake_context`] registers every table of [`crate::tables`] as a listing table over
+//! `<lake>/<table>/` with the Hive partition columns `date` and `hour`; [`query`] runs one
+//! statement and refuses anything that would change state (DDL, DML, `COPY`, `SET`, …);
+//! [`format_batches`] renders results as a text table, CSV or JSON.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sinks::SinkError> {
+//! use sinks::sql::{format_batches, lake_context, query, OutputFormat};
+//! let ctx = lake_context("/var/lib/dragonflow/lake".as_ref()).await?;
+//! let rows = query(&ctx, "SELECT vm_id, max(max) FROM aggregates WHERE field = 'usage_idle' GROUP BY vm_id").await?;
+//! println!("{}", format_batches(&rows, OutputFormat::Table)?);
+//! # Ok(()) }
+//! ```
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::datasource::empty::EmptyTable;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::error::DataFusionError;
+use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+
+use crate::error::SinkError;
+use crate::tables::{Table, PARTITION_COLUMNS};
+
+pub use crate::tables::{schema, TABLES};
+
+/// A session over the lake at `path` with its tables registered (see the [module docs](self)).
+///
+/// A table whose directory does not exist yet is registered as an empty table with the same
+/// columns, so queries over it return no rows instead of failing; it stays empty for the life of
+/// this context.
+pub async fn lake_context(path: &Path) -> Result<SessionContext, SinkError> {
+    check_lake_path(path)?;
+    let config = SessionConfig::new().with_information_schema(true);
+    let ctx = SessionContext::new_with_config(config);
+    for table in Table::ALL {
+        let dir = path.join(table.name());
+        let register_err =
+            |e: DataFusionError| SinkError::Register { table: table.name(), path: dir.clone(), source: Box::new(e) };
+        let provider: Arc<dyn TableProvider> = if dir.is_dir() {
+            // A trailing separator marks the URL as a directory (a collection of files).
+            let url = ListingTableUrl::parse(format!("{}/", dir.display())).map_err(register_err)?;
+            let partition_cols = PARTITION_COLUMNS.iter().map(|c| (c.to_string(), DataType::Utf8)).collect();
+            let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+                .with_file_extension(".parquet")
+                .with_table_partition_cols(partition_cols);
+            let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(table.schema());
+            Arc::new(ListingTable::try_new(config).map_err(register_err)?)
+        } else {
+            Arc::new(EmptyTable::new(table.sql_schema()))
+        };
+        ctx.register_table(table.name(), provider).map_err(register_err)?;
+    }
+    Ok(ctx)
+}
+
+/// DataFusion addresses local directories by URL-like strings: refuse what it would misread.
+fn check_lake_path(path: &Path) -> Result<(), SinkError> {
+    let unsupported = |reason: String| SinkError::UnsupportedPath { path: path.to_path_buf(), reason };
+    let text = path.to_str().ok_or_else(|| unsupported("the path is not valid UTF-8".to_string()))?;
+    match text.chars().find(|c| matches!(c, '*' | '?' | '[')) {
+        Some(c) => Err(unsupported(format!("`{c}` in the path would be read as a glob pattern"))),
+        None => Ok(()),
+    }
+}
+
+/// Runs one read-only SQL statement and collects its results.
+///
+/// Queries, `EXPLAIN`, `SHOW` and `DESCRIBE` run; anything that would create, change or drop a
+/// table, write files (`COPY`), or change the session (`SET`, `PREPARE`, transactions) fails with
+/// [`SinkError::ReadOnly`] naming what was refused.
+pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SinkError> {
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let statement = state.sql_to_statement(sql, &dialect).map_err(SinkError::query)?;
+    refuse_writes(&statement)?;
+    let plan = state.statement_to_plan(statement).await.map_err(SinkError::query)?;
+    // Second line of defence: whatever the statement looked like, the plan must not write.
+    refuse_write_plan(&plan)?;
+    read_only_options().verify_plan(&plan).map_err(|e| read_only(e.message()))?;
+    let frame = ctx.execute_logical_plan(plan).await.map_err(SinkError::query)?;
+    frame.collect().await.map_err(SinkError::query)
+}
+
+fn read_only_options() -> SQLOptions {
+    SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+fn read_only(statement: impl Into<String>) -> SinkError {
+    SinkError::ReadOnly { statement: statement.into() }
+}
+
+/// Accepts only statements that read: queries, `EXPLAIN` of those, `SHOW …` and `DESCRIBE`.
+fn refuse_writes(statement: &DfStatement) -> Result<(), SinkError> {
+    match statement {
+        DfStatement::Statement(statement) => refuse_sql_writes(statement),
+        DfStatement::Explain(explain) => refuse_writes(&explain.statement),
+        DfStatement::CreateExternalTable(_) => Err(read_only("CREATE EXTERNAL TABLE")),
+        DfStatement::CopyTo(_) => Err(read_only("COPY")),
+        DfStatement::Reset(_) => Err(read_only("RESET")),
+    }
+}
+
+fn refuse_sql_writes(statement: &SqlStatement) -> Result<(), SinkError> {
+    match statement {
+        SqlStatement::Query(_)
+        | SqlStatement::ShowTables { .. }
+        | SqlStatement::ShowColumns { .. }
+        | SqlStatement::ShowFunctions { .. }
+        | SqlStatement::ShowVariable { .. }
+        | SqlStatement::ExplainTable { .. } => Ok(()),
+        SqlStatement::Explain { statement, .. } => refuse_sql_writes(statement),
+        other => Err(read_only(statement_kind(other))),
+    }
+}
+
+/// The leading keywords of a statement, e.g. `INSERT INTO` or `DROP TABLE`, to name it in errors.
+fn statement_kind(statement: &SqlStatement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> =
+        text.split_whitespace().take_while(|w| w.chars().all(|c| c.is_ascii_uppercase() || c == '_')).take(4).collect();
+    if words.is_empty() {
+        "this statement".to_string()
+    } else {
+        words.join(" ")
+    }
+}
+
+/// Refuses plans that write, naming the operation (used after planning, whatever the SQL was).
+fn refuse_write_plan(plan: &LogicalPlan) -> Result<(), SinkError> {
+    let refused = match plan {
+        LogicalPlan::Ddl(ddl) => Some(match ddl {
+            DdlStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_string(),
+            DdlStatement::CreateMemoryTable(_) => "CREATE TABLE".to_string(),
+            DdlStatement::CreateView(_) => "CREATE VIEW".to_string(),
+            DdlStatement::DropTable(_) => "DROP TABLE".to_string(),
+            DdlStatement::DropView(_) => "DROP VIEW".to_string(),
+            other => other.name().to_string(),
+        }),
+        LogicalPlan::Dml(dml) => Some(match &dml.op {
+            WriteOp::Insert(_) => "INSERT".to_string(),
+            WriteOp::Ctas => "CREATE TABLE AS".to_string(),
+            other => other.name().to_uppercase(),
+        }),
+        LogicalPlan::Copy(_) => Some("COPY".to_string()),
+        LogicalPlan::Statement(statement) => Some(match statement {
+            PlanStatement::SetVariable(_) => "SET".to_string(),
+            PlanStatement::ResetVariable(_) => "RESET".to_string(),
+            PlanStatement::TransactionStart(_) => "BEGIN".to_string(),
+            PlanStatement::TransactionEnd(_) => "COMMIT or ROLLBACK".to_string(),
+            PlanStatement::Prepare(_) => "PREPARE".to_string(),
+            PlanStatement::Execute(_) => "EXECUTE".to_string(),
+            other => other.name().to_string(),
+        }),
+        _ => None,
+    };
+    match refused {
+        Some(statement) => Err(read_only(statement)),
+        None => plan.inputs().into_iter().try_for_each(refuse_write_plan),
+    }
+}
+
+/// How [`format_batches`] renders results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// A text table (Arrow's pretty printer).
+    #[default]
+    Table,
+    /// CSV with a header line; timestamps in RFC 3339.
+    Csv,
+    /// One JSON array of objects, one per row.
+    Json,
+}
+
+impl OutputFormat {
+    /// The format's name, as accepted by [`FromStr`].
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Table => "table",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Json => "json",
+        }
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = SinkError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "table" => Ok(OutputFormat::Table),
+            "csv" => Ok(OutputFormat::Csv),
+            "json" => Ok(OutputFormat::Json),
+            _ => Err(SinkError::UnknownFormat(s.to_string())),
+        }
+    }
+}
+
+/// RFC 3339 with as many fractional digits as needed, e.g. `2024-03-10T23:59:50+00:00`.
+const RFC3339: &str = "%Y-%m-%dT%H:%M:%S%.f%:z";
+
+/// Renders query results in `format`.
+pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, SinkError> {
+    let failed = |reason: String| SinkError::Format { format: format.name(), reason };
+    match format {
+        OutputFormat::Table => arrow::util::pretty::pretty_format_batches(batches)
+            .map(|table| table.to_string())
+            .map_err(|e| failed(e.to_string())),
+        OutputFormat::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .with_timestamp_tz_format(RFC3339.to_string())
+                .build(Vec::new());
+            for batch in batches {
+                writer.write(batch).map_err(|e| failed(e.to_string()))?;
+            }
+            String::from_utf8(writer.into_inner()).map_err(|e| failed(e.to_string()))
+        }
+        OutputFormat::Json => {
+            let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+            let refs: Vec<&RecordBatch> = batches.iter().collect();
+            writer.write_batches(&refs).map_err(|e| failed(e.to_string()))?;
+            writer.finish().map_err(|e| failed(e.to_string()))?;
+            String::from_utf8(writer.into_inner()).map_err(|e| failed(e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan check alone (without the statement check) refuses every writing plan.
+    #[tokio::test]
+    async fn plans_that_write_are_refused() {
+        let dir = std::env::temp_dir().join("dragonflow-sinks-no-such-lake");
+        let ctx = lake_context(&dir).await.expect("context");
+        let cases = [
+            ("CREATE TABLE t AS SELECT 1", "CREATE TABLE"),
+            ("CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/tmp/x'", "CREATE EXTERNAL TABLE"),
+            ("INSERT INTO late SELECT * FROM late", "INSERT"),
+            ("EXPLAIN INSERT INTO late SELECT * FROM late", "INSERT"),
+            ("COPY (SELECT 1) TO '/tmp/dragonflow-never-written.parquet'", "COPY"),
+            ("DROP VIEW v", "DROP VIEW"),
+            ("SET datafusion.execution.batch_size = 1", "SET"),
+        ];
+        for (sql, kind) in cases {
+            let plan = ctx.state().create_logical_plan(sql).await.expect(sql);
+            let err = refuse_write_plan(&plan).expect_err(sql);
+            assert_eq!(err.to_string(), format!("dragonflow sql is read-only: {kind} is not allowed"), "{sql}");
+        }
+        let plan = ctx.state().create_logical_plan("SELECT * FROM late").await.expect("select");
+        assert!(refuse_write_plan(&plan).is_ok());
+    }
+
+    #[tokio::test]
+    async fn glob_characters_in_the_lake_path_are_refused() {
+        let err = lake_context(Path::new("/data/lake[1]")).await.err().expect("refused");
+        assert!(err.to_string().contains("glob"), "{err}");
+    }
+}

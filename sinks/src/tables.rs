@@ -1,0 +1,159 @@
+//! The tables of the lake and their Arrow schemas: the one place that says what is stored.
+//!
+//! Both sides use these definitions: the [`crate::lake`] writer encodes rows with them and
+//! [`crate::sql`] registers them for queries. Each table is Hive-partitioned by the UTC date and
+//! hour of one of its time columns ([`Table::partition_column`]); the partition columns `date`
+//! and `hour` exist only in the directory names and appear as Utf8 columns in SQL.
+//!
+//! Adding a table means adding a variant here (name, schema, partition column) and an encoder in
+//! [`crate::lake`].
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::error::SinkError;
+
+/// The names of the lake's tables, in [`Table::ALL`] order.
+pub const TABLES: &[&str] = &["aggregates", "late", "rejects"];
+
+/// The Hive partition columns of every table, outermost first.
+pub const PARTITION_COLUMNS: &[&str] = &["date", "hour"];
+
+/// One table of the lake.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Window aggregates: one row per series and closed window.
+    Aggregates,
+    /// Values that arrived after their window had closed.
+    Late,
+    /// Input that could not be used, with the reason.
+    Rejects,
+}
+
+impl Table {
+    /// Every table, in [`TABLES`] order.
+    pub const ALL: [Table; 3] = [Table::Aggregates, Table::Late, Table::Rejects];
+
+    /// The table's name (its directory in the lake and its name in SQL).
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Aggregates => "aggregates",
+            Table::Late => "late",
+            Table::Rejects => "rejects",
+        }
+    }
+
+    /// The time column whose UTC date and hour choose a row's partition.
+    pub fn partition_column(self) -> &'static str {
+        match self {
+            Table::Aggregates => "window_start",
+            Table::Late => "timestamp",
+            Table::Rejects => "received_at",
+        }
+    }
+
+    /// The schema of the table's Parquet files (without the partition columns).
+    pub fn schema(self) -> SchemaRef {
+        static SCHEMAS: OnceLock<[SchemaRef; 3]> = OnceLock::new();
+        let schemas = SCHEMAS.get_or_init(|| Table::ALL.map(|t| Arc::new(t.build_schema())));
+        Arc::clone(&schemas[self as usize])
+    }
+
+    /// The schema seen in SQL: the file schema followed by the partition columns.
+    pub fn sql_schema(self) -> SchemaRef {
+        let mut fields: Vec<Field> = self.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(PARTITION_COLUMNS.iter().map(|name| Field::new(*name, DataType::Utf8, false)));
+        Arc::new(Schema::new(fields))
+    }
+
+    fn build_schema(self) -> Schema {
+        let utf8 = |name: &str| Field::new(name, DataType::Utf8, false);
+        let f64 = |name: &str| Field::new(name, DataType::Float64, false);
+        let ts_ms =
+            |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false);
+        let ts_ns = |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false);
+        let agent = ["ns_id", "mcis_id", "vm_id", "csp_type", "os_type"].map(utf8);
+        let series = ["measurement", "instance", "field"].map(utf8);
+        let origin = [
+            utf8("source"),
+            Field::new("partition", DataType::Int32, false),
+            Field::new("position", DataType::Int64, false),
+        ];
+        let fields: Vec<Field> = match self {
+            Table::Aggregates => [ts_ms("window_start"), ts_ms("window_end")]
+                .into_iter()
+                .chain(agent)
+                .chain(series)
+                .chain([Field::new("count", DataType::UInt64, false)])
+                .chain(["sum", "min", "max", "mean", "last"].map(f64))
+                .collect(),
+            Table::Late => agent
+                .into_iter()
+                .chain(series)
+                .chain([ts_ns("timestamp"), f64("value"), ts_ns("watermark")])
+                .chain(origin)
+                .collect(),
+            Table::Rejects => {
+                [ts_ns("received_at")].into_iter().chain(origin).chain([utf8("reason"), utf8("payload")]).collect()
+            }
+        };
+        Schema::new(fields)
+    }
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Table {
+    type Err = SinkError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Table::ALL.into_iter().find(|t| t.name() == s).ok_or_else(|| SinkError::UnknownTable(s.to_string()))
+    }
+}
+
+/// The file schema of `table` (see [`Table::schema`]).
+pub fn schema(table: Table) -> SchemaRef {
+    table.schema()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_and_names_agree() {
+        let names: Vec<&str> = Table::ALL.iter().map(|t| t.name()).collect();
+        assert_eq!(names, TABLES);
+        for t in Table::ALL {
+            assert_eq!(t.name().parse::<Table>().ok(), Some(t));
+            assert!(t.schema().field_with_name(t.partition_column()).is_ok());
+        }
+        assert!("nope".parse::<Table>().is_err());
+    }
+
+    #[test]
+    fn column_names_are_exact() {
+        let names = |t: Table| t.schema().fields().iter().map(|f| f.name().clone()).collect::<Vec<_>>().join(",");
+        assert_eq!(
+            names(Table::Aggregates),
+            "window_start,window_end,ns_id,mcis_id,vm_id,csp_type,os_type,measurement,instance,field,\
+             count,sum,min,max,mean,last"
+        );
+        assert_eq!(
+            names(Table::Late),
+            "ns_id,mcis_id,vm_id,csp_type,os_type,measurement,instance,field,timestamp,value,watermark,\
+             source,partition,position"
+        );
+        assert_eq!(names(Table::Rejects), "received_at,source,partition,position,reason,payload");
+        let sql = Table::Rejects.sql_schema();
+        assert_eq!(sql.fields().len(), 8);
+        assert_eq!(sql.field(7).name(), "hour");
+    }
+}
