@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 mod cmd;
 
 #[derive(Parser)]
-#[command(name = "dragonflow", version, about = "Event-time stream processing for multi-cloud infrastructure monitoring")]
+#[command(
+    name = "dragonflow",
+    version,
+    about = "Event-time stream processing for multi-cloud infrastructure monitoring"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

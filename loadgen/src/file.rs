@@ -68,14 +68,14 @@ fn write_lines(
 /// The output file, compressed or not.
 enum Sink {
     Plain(BufWriter<File>),
-    Gzip(GzEncoder<BufWriter<File>>),
+    Gzip(Box<GzEncoder<BufWriter<File>>>),
 }
 
 impl Sink {
     fn create(path: &Path) -> std::io::Result<Sink> {
         let file = BufWriter::with_capacity(1 << 20, File::create(path)?);
         Ok(if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gz")) {
-            Sink::Gzip(GzEncoder::new(file, Compression::fast()))
+            Sink::Gzip(Box::new(GzEncoder::new(file, Compression::fast())))
         } else {
             Sink::Plain(file)
         })

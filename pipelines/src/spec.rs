@@ -318,7 +318,7 @@ impl JobSpec {
         if w.size < Duration::from_secs(1) {
             return Err(SpecError::new("window.size", "expected a window of at least 1s, e.g. \"10s\""));
         }
-        if w.size.as_nanos() % 1_000_000_000 != 0 {
+        if !w.size.as_nanos().is_multiple_of(1_000_000_000) {
             return Err(SpecError::new("window.size", "expected a whole number of seconds, e.g. \"10s\""));
         }
         if w.size > Duration::from_secs(7 * 86_400) {
@@ -401,7 +401,7 @@ fn path_error(path: String, inner: &dyn std::fmt::Display) -> SpecError {
         }
     }
     // toml prefixes messages with a location block; keep the first meaningful line.
-    let message = message.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(&message).trim().to_string();
+    let message = message.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(&message).trim().to_string();
     // A missing field is named as the field itself.
     if let Some(rest) = message.strip_prefix("missing field `") {
         if let Some(name) = rest.split('`').next() {

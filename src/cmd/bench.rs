@@ -84,7 +84,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             source: SourceSpec::File(FileSource { path: input.clone(), format, timestamp_unit: Default::default() }),
             window: WindowConfig::default(),
             keys: KeysConfig::default(),
-            sinks: vec![SinkSpec::Parquet(ParquetSink { path: lake, flush_interval: std::time::Duration::from_secs(10) })],
+            sinks: vec![SinkSpec::Parquet(ParquetSink {
+                path: lake,
+                flush_interval: std::time::Duration::from_secs(10),
+            })],
         };
         let metrics = Arc::new(JobMetrics::new(args.workers));
         let options = RunOptions { workers: args.workers, ..Default::default() };
@@ -101,7 +104,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         results.push(report);
     }
-    results.sort_by(|a, b| a.elapsed.cmp(&b.elapsed));
+    results.sort_by_key(|r| r.elapsed);
     let median = &results[results.len() / 2];
     println!(
         "median: {:.0} messages/s, {:.0} field values/s ({} workers, {:.3} s for {} messages)",

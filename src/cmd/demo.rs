@@ -86,7 +86,11 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let status = {
         let (metrics, sent) = (metrics.clone(), sent.clone());
         StatusPrinter::start(Duration::from_secs(2), move || {
-            format!("loadgen: {} || pipeline: {}", sent.lock().map(|s| s.clone()).unwrap_or_default(), metrics.status_line())
+            format!(
+                "loadgen: {} || pipeline: {}",
+                sent.lock().map(|s| s.clone()).unwrap_or_default(),
+                metrics.status_line()
+            )
         })
     };
     let gen = LoadgenArgs {
@@ -126,7 +130,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Ok(mut line) = sent.lock() {
         *line = format!("done, {} messages sent", generated.messages);
     }
-    eprintln!("demo: load generator sent {} messages ({} errors); draining the pipeline", generated.messages, generated.errors);
+    eprintln!(
+        "demo: load generator sent {} messages ({} errors); draining the pipeline",
+        generated.messages, generated.errors
+    );
     control.drain();
     let report = job.join().map_err(|_| anyhow!("pipeline thread panicked"))??;
     drop(status);
@@ -166,7 +173,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         print!("{}", super::sql::run_query(&args.lake, &sql, OutputFormat::Table)?);
         println!();
     }
-    println!("\nQuery the lake yourself:  dragonflow sql --lake {} \"SELECT * FROM aggregates LIMIT 10\"", args.lake.display());
+    println!(
+        "\nQuery the lake yourself:  dragonflow sql --lake {} \"SELECT * FROM aggregates LIMIT 10\"",
+        args.lake.display()
+    );
     drop(cluster);
     Ok(())
 }

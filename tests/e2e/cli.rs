@@ -4,7 +4,14 @@ use crate::common::{dragonflow, file_spec};
 
 #[test]
 fn every_command_has_help() {
-    for cmd in [vec!["--help"], vec!["run", "--help"], vec!["sql", "--help"], vec!["loadgen", "--help"], vec!["demo", "--help"], vec!["bench", "--help"]] {
+    for cmd in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["sql", "--help"],
+        vec!["loadgen", "--help"],
+        vec!["demo", "--help"],
+        vec!["bench", "--help"],
+    ] {
         let out = dragonflow(&cmd);
         assert!(out.status.success(), "{cmd:?}");
         let text = String::from_utf8_lossy(&out.stdout);

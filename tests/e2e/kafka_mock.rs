@@ -16,7 +16,8 @@ fn kafka_to_lake_counts_every_message_once() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("metrics", 4, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let target = loadgen::KafkaTarget { brokers: brokers.clone(), topic: "metrics".into(), partitions: None, config: vec![] };
+    let target =
+        loadgen::KafkaTarget { brokers: brokers.clone(), topic: "metrics".into(), partitions: None, config: vec![] };
     let cfg = loadgen::FleetConfig { agents: 40, seed: 11, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0 };
     let start = 1_700_000_000_000_000_000;
     let sent = loadgen::run_kafka(

@@ -44,7 +44,10 @@ struct Part {
 
 /// Offsets consumed so far, shared with the job so it can commit after the sinks flushed.
 #[derive(Clone, Default)]
-pub struct Consumed(Rc<RefCell<Vec<(Arc<str>, i32, i64)>>>);
+pub struct Consumed(Rc<RefCell<Vec<ConsumedOffset>>>);
+
+/// Topic, partition, and the next offset to read.
+type ConsumedOffset = (Arc<str>, i32, i64);
 
 pub struct KafkaReader {
     consumer: Rc<BaseConsumer>,
