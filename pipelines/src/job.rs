@@ -11,13 +11,14 @@ use operators::intern::SeriesTable;
 use operators::model::SinkItem;
 use operators::time::{Watermarks, WindowSpec};
 use operators::window::{Time, WindowAggregate};
-use sinks::lake::{LakeConfig, LakeStats, LakeWriter};
+use sinks::influx::{InfluxConfig, InfluxWriter};
+use sinks::lake::{LakeConfig, LakeWriter};
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Inspect};
 
 use crate::control::JobControl;
 use crate::metrics::JobMetrics;
-use crate::sink::{lake_sink, SinkOutcome};
+use crate::sink::{lake_sink, SinkOutcome, SinkSummary, Writer};
 use crate::source::file::FileReader;
 use crate::source::ingest_source;
 use crate::source::kafka::KafkaReader;
@@ -70,7 +71,7 @@ pub enum JobError {
 
 /// Per-worker result.
 struct WorkerEnd {
-    sinks: Vec<LakeStats>,
+    sinks: Vec<SinkSummary>,
     committed: usize,
 }
 
@@ -175,7 +176,25 @@ fn run_worker(
                 flush_interval = flush_interval.min(p.flush_interval);
                 let cfg =
                     LakeConfig { path: p.path.clone(), flush_interval: p.flush_interval, ..LakeConfig::default() };
-                writers.push(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?);
+                writers.push(Writer::Lake(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?));
+            }
+            SinkSpec::InfluxDb(i) => {
+                flush_interval = flush_interval.min(i.flush_interval);
+                let cfg = InfluxConfig {
+                    url: i.url.clone(),
+                    database: i.database.clone(),
+                    retention_policy: i.retention_policy.clone(),
+                    retention: i.retention.clone(),
+                    username: i.username.clone(),
+                    password: i.password.clone(),
+                    batch_lines: i.batch_lines,
+                    gzip: i.gzip,
+                    timeout: i.timeout,
+                    max_in_flight: 4,
+                    retry_for: i.retry_for,
+                    flush_interval: i.flush_interval,
+                };
+                writers.push(Writer::Influx(InfluxWriter::new(cfg, index).map_err(|e| e.to_string())?));
             }
         }
     }

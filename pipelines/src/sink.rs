@@ -11,21 +11,77 @@ use std::time::{Duration, Instant};
 
 use operators::model::SinkItem;
 use operators::window::Time;
-use sinks::lake::{LakeStats, LakeWriter};
+use sinks::influx::InfluxWriter;
+use sinks::lake::LakeWriter;
+use sinks::SinkError;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 
 use crate::metrics::JobMetrics;
 
+/// One configured sink of one worker.
+pub enum Writer {
+    Lake(LakeWriter),
+    Influx(InfluxWriter),
+}
+
+/// What one sink wrote.
+#[derive(Clone, Debug, Default)]
+pub struct SinkSummary {
+    pub kind: &'static str,
+    pub files: u64,
+    pub rows: u64,
+}
+
+impl Writer {
+    fn push(&mut self, item: SinkItem) -> Result<(), SinkError> {
+        match self {
+            Writer::Lake(w) => w.push(item),
+            Writer::Influx(w) => w.push(item),
+        }
+    }
+
+    fn poll(&mut self, now: Instant) -> Result<(), SinkError> {
+        match self {
+            Writer::Lake(w) => w.poll(now),
+            Writer::Influx(w) => w.poll(now),
+        }
+    }
+
+    /// Records the sink itself refused (InfluxDB's 4xx lines), for the other sinks' rejects.
+    fn take_rejects(&mut self) -> Vec<operators::model::RejectRow> {
+        match self {
+            Writer::Lake(_) => Vec::new(),
+            Writer::Influx(w) => w.take_rejects(),
+        }
+    }
+
+    /// Finishes the sink; returns what it wrote and the records it refused at the last moment.
+    fn finish(self) -> Result<(SinkSummary, Vec<operators::model::RejectRow>), SinkError> {
+        match self {
+            Writer::Lake(w) => {
+                w.finish().map(|s| (SinkSummary { kind: "parquet", files: s.files, rows: s.rows }, Vec::new()))
+            }
+            Writer::Influx(w) => {
+                w.finish().map(|(s, r)| (SinkSummary { kind: "influxdb", files: 0, rows: s.lines }, r))
+            }
+        }
+    }
+
+    fn is_lake(&self) -> bool {
+        matches!(self, Writer::Lake(_))
+    }
+}
+
 /// What the sinks of one worker ended with.
-pub type SinkOutcome = Rc<RefCell<Option<Result<Vec<LakeStats>, String>>>>;
+pub type SinkOutcome = Rc<RefCell<Option<Result<Vec<SinkSummary>, String>>>>;
 
 /// Attaches `writers` to `stream`. When the stream ends, the writers are finished and the
 /// outcome stored in `outcome`.
 pub fn lake_sink<'scope>(
     stream: Stream<'scope, Time, Vec<SinkItem>>,
-    writers: Vec<LakeWriter>,
+    writers: Vec<Writer>,
     flush_interval: Duration,
     metrics: Arc<JobMetrics>,
     outcome: SinkOutcome,
@@ -59,6 +115,21 @@ pub fn lake_sink<'scope>(
                     }
                 }
             });
+            // Points a sink refused go to the other sinks' rejects, so nothing vanishes.
+            for i in 0..ws.len() {
+                let rejects = ws[i].take_rejects();
+                if rejects.is_empty() {
+                    continue;
+                }
+                metrics.rejects.fetch_add(rejects.len() as u64, Ordering::Relaxed);
+                for (j, w) in ws.iter_mut().enumerate() {
+                    if j != i {
+                        if let Err(e) = w.push(SinkItem::Rejects(rejects.clone())) {
+                            error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+            }
             let now = Instant::now();
             for w in ws.iter_mut() {
                 if let Err(e) = w.poll(now) {
@@ -73,9 +144,30 @@ pub fn lake_sink<'scope>(
             }
             if frontiers[0].is_empty() {
                 let mut stats = Vec::new();
-                for w in writers.take().into_iter().flatten() {
+                // Remote sinks first: what they refuse while finishing still reaches the lake.
+                let (lakes, others): (Vec<Writer>, Vec<Writer>) =
+                    writers.take().into_iter().flatten().partition(|w| w.is_lake());
+                let mut late_rejects = Vec::new();
+                for w in others {
                     match w.finish() {
-                        Ok(s) => {
+                        Ok((s, r)) => {
+                            late_rejects.extend(r);
+                            stats.push(s)
+                        }
+                        Err(e) => {
+                            error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                metrics.rejects.fetch_add(late_rejects.len() as u64, Ordering::Relaxed);
+                for mut w in lakes {
+                    if !late_rejects.is_empty() {
+                        if let Err(e) = w.push(SinkItem::Rejects(late_rejects.clone())) {
+                            error.get_or_insert(e.to_string());
+                        }
+                    }
+                    match w.finish() {
+                        Ok((s, _)) => {
                             metrics.files.fetch_add(s.files, Ordering::Relaxed);
                             stats.push(s)
                         }

@@ -150,6 +150,29 @@ pub struct KeysConfig {
 #[serde(tag = "kind", rename_all = "lowercase", try_from = "RawSink")]
 pub enum SinkSpec {
     Parquet(ParquetSink),
+    #[serde(rename = "influxdb")]
+    InfluxDb(InfluxSink),
+}
+
+/// InfluxDB 1.x: one point per (agent, measurement, instance, window).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InfluxSink {
+    pub url: String,
+    pub database: String,
+    pub retention_policy: String,
+    pub retention: String,
+    pub username: Option<String>,
+    /// Never serialised back out.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    pub batch_lines: usize,
+    pub gzip: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retry_for: Duration,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -250,6 +273,8 @@ impl TryFrom<RawSource> for SourceSpec {
 #[serde(rename_all = "lowercase")]
 enum SinkKind {
     Parquet,
+    #[serde(rename = "influxdb")]
+    InfluxDb,
 }
 
 /// Every sink field in one flat struct (see [`RawSource`]).
@@ -260,6 +285,18 @@ struct RawSink {
     path: Option<PathBuf>,
     #[serde(default, with = "humantime_serde::option")]
     flush_interval: Option<Duration>,
+    url: Option<String>,
+    database: Option<String>,
+    retention_policy: Option<String>,
+    retention: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    batch_lines: Option<usize>,
+    gzip: Option<bool>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    retry_for: Option<Duration>,
 }
 
 impl TryFrom<RawSink> for SinkSpec {
@@ -267,10 +304,45 @@ impl TryFrom<RawSink> for SinkSpec {
     fn try_from(r: RawSink) -> Result<Self, String> {
         match r.kind {
             SinkKind::Parquet => {
+                not_for(
+                    "parquet",
+                    &[
+                        ("url", r.url.is_some()),
+                        ("database", r.database.is_some()),
+                        ("retention_policy", r.retention_policy.is_some()),
+                        ("retention", r.retention.is_some()),
+                        ("username", r.username.is_some()),
+                        ("password", r.password.is_some()),
+                        ("batch_lines", r.batch_lines.is_some()),
+                        ("gzip", r.gzip.is_some()),
+                        ("timeout", r.timeout.is_some()),
+                        ("retry_for", r.retry_for.is_some()),
+                    ],
+                )?;
                 let path = r.path.ok_or_else(|| at("path", "missing: expected the lake's directory"))?;
                 Ok(SinkSpec::Parquet(ParquetSink {
                     path,
                     flush_interval: r.flush_interval.unwrap_or_else(default_flush),
+                }))
+            }
+            SinkKind::InfluxDb => {
+                not_for("influxdb", &[("path", r.path.is_some())])?;
+                let url = r.url.ok_or_else(|| at("url", "missing: expected \"http://host:8086\""))?;
+                if !url.starts_with("http://") {
+                    return Err(at("url", format!("expected \"http://host:port\", got {url:?}")));
+                }
+                Ok(SinkSpec::InfluxDb(InfluxSink {
+                    url,
+                    database: r.database.unwrap_or_else(|| "cbmon".into()),
+                    retention_policy: r.retention_policy.unwrap_or_else(|| "df_rp".into()),
+                    retention: r.retention.unwrap_or_else(|| "4w".into()),
+                    username: r.username,
+                    password: r.password,
+                    batch_lines: r.batch_lines.unwrap_or(5000),
+                    gzip: r.gzip.unwrap_or(true),
+                    timeout: r.timeout.unwrap_or(Duration::from_secs(10)),
+                    flush_interval: r.flush_interval.unwrap_or_else(default_flush),
+                    retry_for: r.retry_for.unwrap_or(Duration::from_secs(600)),
                 }))
             }
         }
@@ -367,6 +439,20 @@ impl JobSpec {
         }
         for (i, s) in self.sinks.iter().enumerate() {
             match s {
+                SinkSpec::InfluxDb(s) => {
+                    if s.database.is_empty() || s.retention_policy.is_empty() {
+                        return Err(SpecError::new(format!("sink[{i}].database"), "expected a name"));
+                    }
+                    if s.batch_lines == 0 {
+                        return Err(SpecError::new(format!("sink[{i}].batch_lines"), "expected at least 1"));
+                    }
+                    if s.retention.is_empty() || !s.retention.chars().all(|c| c.is_ascii_alphanumeric()) {
+                        return Err(SpecError::new(
+                            format!("sink[{i}].retention"),
+                            "expected an InfluxQL duration like \"4w\" or \"INF\"",
+                        ));
+                    }
+                }
                 SinkSpec::Parquet(p) => {
                     if p.path.as_os_str().is_empty() {
                         return Err(SpecError::new(format!("sink[{i}].path"), "expected the lake's directory"));

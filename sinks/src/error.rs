@@ -10,6 +10,9 @@ use parquet::errors::ParquetError;
 /// What went wrong in a sink.
 #[derive(thiserror::Error, Debug)]
 pub enum SinkError {
+    /// The InfluxDB sink failed (after retrying what can be retried).
+    #[error("influxdb: {what}: {reason}")]
+    Influx { what: String, reason: String },
     /// A file-system operation (create a directory or file, sync, rename, …) failed.
     #[error("cannot {op} {path}: {source}")]
     Io {

@@ -4,14 +4,18 @@
 //! - [`lake`]: [`LakeWriter`], one per worker, writes Hive-partitioned Parquet files through a
 //!   bounded channel to its own writer thread.
 //! - [`sql`]: read-only DataFusion SQL over the lake, and result formatting (table, CSV, JSON).
+//! - [`influx`]: [`InfluxWriter`], one per worker, writes window points to InfluxDB 1.x over HTTP
+//!   with batching, gzip, bounded requests in flight, retries and bisection of refused batches.
 //! - [`error`]: [`SinkError`], which says what failed and where.
 
 pub mod error;
+pub mod influx;
 pub mod lake;
 pub mod sql;
 pub mod tables;
 
 pub use error::SinkError;
+pub use influx::{InfluxConfig, InfluxStats, InfluxWriter};
 pub use lake::{LakeConfig, LakeStats, LakeWriter};
 pub use sql::{format_batches, lake_context, query, OutputFormat};
 pub use tables::{schema, Table, TABLES};

@@ -62,7 +62,12 @@ pub struct KafkaReader {
     draining: bool,
     consumed: Consumed,
     errors: u64,
+    last_message: Instant,
 }
+
+/// When finishing at the end, the partitions must also have been quiet this long: some brokers
+/// report end offsets that lag behind what they serve, and reading on costs nothing.
+const QUIET_BEFORE_END: Duration = Duration::from_secs(1);
 
 /// Creates the consumer for one worker.
 pub fn consumer(spec: &KafkaSource) -> Result<BaseConsumer, KafkaError> {
@@ -98,6 +103,7 @@ impl KafkaReader {
             draining: false,
             consumed: Consumed::default(),
             errors: 0,
+            last_message: Instant::now(),
         })
     }
 
@@ -183,7 +189,7 @@ impl KafkaReader {
     }
 
     /// Marks partitions that reached their end offset as done.
-    fn check_ends(&mut self, watermarks: &mut Watermarks) {
+    fn check_ends(&mut self) {
         let positions = if self.parts.iter().any(|p| !p.done && p.end.is_some() && p.next.is_none()) {
             self.consumer.position().ok()
         } else {
@@ -204,8 +210,9 @@ impl KafkaReader {
                 }
             }
             if end == 0 || pos.is_some_and(|p| p >= end) {
+                // Finished for progress purposes only when the whole source finishes: a
+                // partition still delivering must keep holding the watermark.
                 part.done = true;
-                watermarks.finish(part.slot);
             }
         }
     }
@@ -250,11 +257,8 @@ impl Reader for KafkaReader {
                     else {
                         continue;
                     };
+                    self.last_message = now;
                     let p = &mut self.parts[part];
-                    if p.end.is_some_and(|end| msg.offset() >= end) {
-                        // Past the drain point: leave it for the next run.
-                        continue;
-                    }
                     p.next = Some(msg.offset() + 1);
                     if !Arc::ptr_eq(&origin.source, &p.topic) {
                         origin.source = p.topic.clone();
@@ -279,8 +283,12 @@ impl Reader for KafkaReader {
             consumed.extend(self.parts.iter().filter_map(|p| p.next.map(|n| (p.topic.clone(), p.partition, n))));
         }
         if self.draining || self.spec.stop_at_end {
-            self.check_ends(watermarks);
-            if !self.parts.is_empty() && self.parts.iter().all(|p| p.done) {
+            self.check_ends();
+            let quiet = now.duration_since(self.last_message) >= QUIET_BEFORE_END;
+            if quiet && !self.parts.is_empty() && self.parts.iter().all(|p| p.done) {
+                for p in &self.parts {
+                    watermarks.finish(p.slot);
+                }
                 return ReadStatus::Done;
             }
             if self.parts.is_empty() && (self.draining || self.last_metadata.is_some()) && self.spec.stop_at_end {
