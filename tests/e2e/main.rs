@@ -9,3 +9,4 @@ mod common;
 mod demo;
 mod file_job;
 mod kafka_mock;
+mod services;
