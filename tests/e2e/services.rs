@@ -207,3 +207,162 @@ assert p.flush(30) == 0, "undelivered messages"
     );
     assert_eq!(sql_rows(&lake, "SELECT count(*) AS n FROM rejects")[0]["n"], "0");
 }
+
+/// An InfluxDB of the test's own, to stop and start again.
+struct OwnInflux {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl OwnInflux {
+    fn start() -> OwnInflux {
+        let dir = tempfile::tempdir().unwrap();
+        let (port, rpc) = (free_port(), free_port());
+        let d = dir.path().display();
+        std::fs::write(
+            dir.path().join("influxdb.conf"),
+            format!(
+                "reporting-disabled = true\nbind-address = \"127.0.0.1:{rpc}\"\n[meta]\n  dir = \"{d}/meta\"\n[data]\n  dir = \"{d}/data\"\n  wal-dir = \"{d}/wal\"\n  query-log-enabled = false\n[http]\n  bind-address = \"127.0.0.1:{port}\"\n  log-enabled = false\n"
+            ),
+        )
+        .unwrap();
+        let mut own = OwnInflux { dir, port, child: None };
+        own.up();
+        own
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn up(&mut self) {
+        let child = Command::new("influxd")
+            .arg("-config")
+            .arg(self.dir.path().join("influxdb.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("influxd (Debian's influxdb package) runs");
+        self.child = Some(child);
+        for _ in 0..300 {
+            let ok = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{}/ping", self.url())])
+                .output()
+                .map(|o| o.stdout == b"204")
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("influxd did not answer");
+    }
+
+    fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn query(&self, db: &str, q: &str) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-sf", "-G", &format!("{}/query", self.url()), "--data-urlencode", &format!("db={db}")])
+            .args(["--data-urlencode", &format!("q={q}")])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn cpu_count(&self, db: &str) -> u64 {
+        self.query(db, "SELECT sum(\"count\") FROM \"cpu\"")["results"][0]["series"][0]["values"][0][1]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for OwnInflux {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// InfluxDB goes away for 20 s in the middle of a live run and comes back: afterwards it holds
+/// every window the lake holds, and the job's memory stayed bounded meanwhile.
+#[test]
+fn influxdb_outage_in_the_middle_of_a_run() {
+    let mut own = OwnInflux::start();
+    let dir = tempfile::tempdir().unwrap();
+    let topic = unique("outage");
+    let db = unique("outage_db");
+    let lake = dir.path().join("lake");
+    let spec = dir.path().join("job.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[source]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup = \"{}\"\nstart = \"earliest\"\n\n[window]\nsize = \"5s\"\nlateness = \"1s\"\n\n[[sink]]\nkind = \"parquet\"\npath = {:?}\nflush_interval = \"1s\"\n\n[[sink]]\nkind = \"influxdb\"\nurl = \"{}\"\ndatabase = \"{db}\"\nbatch_lines = 200\ntimeout = \"1s\"\nflush_interval = \"1s\"\n",
+            kafka(),
+            unique("g"),
+            lake.display().to_string(),
+            own.url()
+        ),
+    )
+    .unwrap();
+    let target = loadgen::KafkaTarget { brokers: kafka(), topic: topic.clone(), partitions: Some(2), config: vec![] };
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let producer = s.spawn(|| {
+            let cfg =
+                loadgen::FleetConfig { agents: 40, seed: 9, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0 };
+            loadgen::run_kafka(cfg, &target, 0, Duration::from_secs(1), Duration::from_secs(35), true, &stop, |_| {})
+        });
+        // Let the generator create the topic before the job looks for it.
+        std::thread::sleep(Duration::from_secs(2));
+        let job = Command::new(crate::common::bin())
+            .args(["run", spec.to_str().unwrap(), "--workers", "2", "--status-every", "0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = job.id();
+        let mut waited = 0;
+        while own.cpu_count(&db) == 0 {
+            waited += 1;
+            assert!(waited < 200, "no point reached InfluxDB");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        own.down();
+        let mut peak = 0;
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(500));
+            peak = peak.max(rss_bytes(pid).unwrap_or(0));
+        }
+        own.up();
+        let sent = producer.join().unwrap().unwrap();
+        // Give the job time to catch up after the outage, then stop it gracefully.
+        std::thread::sleep(Duration::from_secs(10));
+        let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+        let out = job.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(peak < 512 << 20, "resident memory during the outage peaked at {peak} bytes");
+
+        let lake_cpu: u64 = sql_rows(
+            &lake,
+            "SELECT sum(count) AS n FROM aggregates WHERE measurement = 'cpu' AND field = 'usage_idle'",
+        )[0]["n"]
+            .parse()
+            .unwrap();
+        assert_eq!(lake_cpu, sent.by_measurement["cpu"], "every message sent is in the lake");
+        assert_eq!(own.cpu_count(&db), lake_cpu, "InfluxDB holds every window the lake holds");
+    });
+}
