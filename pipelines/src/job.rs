@@ -176,7 +176,7 @@ fn run_worker(
                 flush_interval = flush_interval.min(p.flush_interval);
                 let cfg =
                     LakeConfig { path: p.path.clone(), flush_interval: p.flush_interval, ..LakeConfig::default() };
-                writers.push(Writer::Lake(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?));
+                writers.push(Writer::Lake(Box::new(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?)));
             }
             SinkSpec::InfluxDb(i) => {
                 flush_interval = flush_interval.min(i.flush_interval);

@@ -22,7 +22,7 @@ use crate::metrics::JobMetrics;
 
 /// One configured sink of one worker.
 pub enum Writer {
-    Lake(LakeWriter),
+    Lake(Box<LakeWriter>),
     Influx(InfluxWriter),
 }
 

@@ -283,10 +283,13 @@ where
     b
 }
 
+/// ns, mcis, vm, csp, os, measurement, instance: what makes one point.
+type PointKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+
 /// One point per (agent, measurement, instance) of the window: `<field>` = mean, `<field>_min`,
 /// `<field>_max`, `<field>_last`, and `count`; timestamp = window start in seconds.
 fn encode_window(batch: &WindowBatch, out: &mut Vec<Vec<u8>>) {
-    let mut groups: BTreeMap<(&str, &str, &str, &str, &str, &str, &str), Vec<(&SeriesKey, &Agg)>> = BTreeMap::new();
+    let mut groups: BTreeMap<PointKey<'_>, Vec<(&SeriesKey, &Agg)>> = BTreeMap::new();
     for (k, a) in &batch.rows {
         let ag = &k.agent;
         groups
