@@ -194,7 +194,7 @@ fn run_worker(
                     retry_for: i.retry_for,
                     flush_interval: i.flush_interval,
                 };
-                writers.push(Writer::Influx(InfluxWriter::new(cfg, index).map_err(|e| e.to_string())?));
+                writers.push(Writer::Influx(Box::new(InfluxWriter::new(cfg, index).map_err(|e| e.to_string())?)));
             }
         }
     }

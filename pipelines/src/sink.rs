@@ -23,7 +23,7 @@ use crate::metrics::JobMetrics;
 /// One configured sink of one worker.
 pub enum Writer {
     Lake(Box<LakeWriter>),
-    Influx(InfluxWriter),
+    Influx(Box<InfluxWriter>),
 }
 
 /// What one sink wrote.
