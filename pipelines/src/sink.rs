@@ -94,16 +94,16 @@ pub fn lake_sink<'scope>(
     builder.build(move |_caps| {
         let mut writers = Some(writers);
         let mut error: Option<String> = None;
-        let mut timer_set = false;
+        // When the next timer activation is due; one is always pending while the sink is open,
+        // so buffered rows are flushed on time even when no more input arrives.
+        let mut timer: Option<Instant> = None;
         move |frontiers| {
             let Some(ws) = writers.as_mut() else {
                 input.for_each(|_, data| data.clear());
                 return;
             };
-            let mut received = false;
             input.for_each(|_cap, data| {
                 for item in data.drain(..) {
-                    received = true;
                     let Some((last, others)) = ws.split_last_mut() else { continue };
                     for w in others {
                         if let Err(e) = w.push(item.clone()) {
@@ -136,11 +136,10 @@ pub fn lake_sink<'scope>(
                     error.get_or_insert(e.to_string());
                 }
             }
-            if received && !timer_set {
-                activator.activate_after(flush_interval);
-                timer_set = true;
-            } else if !received {
-                timer_set = false;
+            if timer.is_none_or(|t| t <= now) {
+                let tick = (flush_interval / 2).max(Duration::from_millis(100));
+                activator.activate_after(tick);
+                timer = Some(now + tick);
             }
             if frontiers[0].is_empty() {
                 let mut stats = Vec::new();
