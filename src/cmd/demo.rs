@@ -113,17 +113,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let generated = {
         let sent = sent.clone();
         let agents = args.agents;
-        let mut last: Option<(loadgen::Stats, std::time::Instant)> = None;
         let mut progress = move |s: &loadgen::Stats| {
-            let now = std::time::Instant::now();
-            let line = match &last {
-                Some((prev, at)) => loadgen::status_line(agents, s, Some((prev, now.duration_since(*at)))),
-                None => loadgen::status_line(agents, s, None),
-            };
+            // The rate over the whole run: real-time agents send in bursts, one per interval.
+            let line = loadgen::status_line(agents, s, None);
             if let Ok(mut l) = sent.lock() {
                 *l = line;
             }
-            last = Some((s.clone(), now));
         };
         generate(&gen, &stop, &mut progress)?
     };

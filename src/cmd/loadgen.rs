@@ -82,15 +82,10 @@ pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     let flag = stop.clone();
     let _ = ctrlc::set_handler(move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
     let agents = args.agents;
-    let mut last: Option<(Stats, std::time::Instant)> = None;
     let mut progress = move |s: &Stats| {
-        let now = std::time::Instant::now();
-        let line = match &last {
-            Some((prev, at)) => status_line(agents, s, Some((prev, now.duration_since(*at)))),
-            None => status_line(agents, s, None),
-        };
+        // The rate over the whole run: real-time agents send in bursts, one per interval.
+        let line = status_line(agents, s, None);
         eprintln!("{line}");
-        last = Some((s.clone(), now));
     };
     let stats = generate(&args, &stop, &mut progress)?;
     eprintln!("{}", status_line(args.agents, &stats, None));
