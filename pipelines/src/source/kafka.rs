@@ -291,10 +291,8 @@ impl Reader for KafkaReader {
                 }
                 return ReadStatus::Done;
             }
-            if self.parts.is_empty() && (self.draining || self.last_metadata.is_some()) && self.spec.stop_at_end {
-                return ReadStatus::Done;
-            }
-            if self.parts.is_empty() && self.draining {
+            // Nothing to read at all (no such topic, or no partition for this worker).
+            if self.parts.is_empty() {
                 return ReadStatus::Done;
             }
         }
