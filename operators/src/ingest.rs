@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
@@ -247,15 +246,15 @@ fn metric_text(m: &Metric<'_>) -> Vec<u8> {
     format!("{},{} {} {}", m.name, tags.join(","), fields.join(","), m.timestamp).into_bytes()
 }
 
-/// A shared, empty origin name, for callers without one.
-pub fn origin(source: &Arc<str>, partition: i32, position: i64) -> Origin {
-    Origin { source: source.clone(), partition, position }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    fn origin(source: &Arc<str>, partition: i32, position: i64) -> Origin {
+        Origin { source: source.clone(), partition, position }
+    }
 
     fn config() -> IngestConfig {
         IngestConfig {

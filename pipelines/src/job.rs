@@ -18,7 +18,7 @@ use timely::dataflow::operators::{Concat, Inspect};
 
 use crate::control::JobControl;
 use crate::metrics::JobMetrics;
-use crate::sink::{lake_sink, SinkOutcome, SinkSummary, Writer};
+use crate::sink::{lake_sink, SinkOutcome, Writer};
 use crate::source::file::FileReader;
 use crate::source::ingest_source;
 use crate::source::kafka::KafkaReader;
@@ -69,9 +69,8 @@ pub enum JobError {
     Worker(String),
 }
 
-/// Per-worker result.
+/// Per-worker result (what the sinks wrote is counted in [`JobMetrics`]).
 struct WorkerEnd {
-    sinks: Vec<SinkSummary>,
     committed: usize,
 }
 
@@ -127,10 +126,7 @@ pub fn run_job(
     let mut first_error = None;
     for result in guards.join() {
         match result {
-            Ok(Ok(end)) => {
-                report.committed_partitions += end.committed;
-                let _ = end.sinks;
-            }
+            Ok(Ok(end)) => report.committed_partitions += end.committed,
             Ok(Err(e)) | Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -234,15 +230,15 @@ fn run_worker(
 
     while worker.step_or_park(Some(Duration::from_millis(100))) {}
 
-    let sinks = match outcome.borrow_mut().take() {
-        Some(Ok(stats)) => stats,
+    match outcome.borrow_mut().take() {
+        Some(Ok(_)) => {}
         Some(Err(e)) => return Err(e),
         None => return Err("sinks did not finish".into()),
-    };
+    }
     // Offsets are committed only now that every sink has written what it was given.
     let committed = match commit {
         Some(c) => c.commit().map_err(|e| format!("kafka commit: {e}"))?,
         None => 0,
     };
-    Ok(WorkerEnd { sinks, committed })
+    Ok(WorkerEnd { committed })
 }

@@ -75,3 +75,31 @@ pub fn file_spec(dir: &Path, input: &Path, lake: &Path, format: &str) -> PathBuf
 pub fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / a.abs().max(b.abs()).max(1e-300)
 }
+
+/// Publishes `agents` JSON agents for `seconds` of event time (2 s ticks, as fast as possible)
+/// from `start_ns`, creating the topic with `partitions` when given; no send may fail.
+pub fn publish(
+    brokers: &str,
+    topic: &str,
+    partitions: Option<i32>,
+    agents: usize,
+    seed: u64,
+    start_ns: i64,
+    seconds: u64,
+) -> loadgen::Stats {
+    let target = loadgen::KafkaTarget { brokers: brokers.into(), topic: topic.into(), partitions, config: vec![] };
+    let cfg = loadgen::FleetConfig { agents, seed, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0 };
+    let sent = loadgen::run_kafka(
+        cfg,
+        &target,
+        start_ns,
+        std::time::Duration::from_secs(2),
+        std::time::Duration::from_secs(seconds),
+        false,
+        &std::sync::atomic::AtomicBool::new(false),
+        |_| {},
+    )
+    .expect("loadgen publishes");
+    assert_eq!(sent.errors, 0, "{:?}", sent.last_error);
+    sent
+}

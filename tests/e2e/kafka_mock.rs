@@ -1,7 +1,6 @@
 //! Kafka end to end on librdkafka's in-process mock cluster: the load generator publishes,
 //! a two-worker job reads every partition to its end, and the lake holds every message once.
 
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,29 +8,14 @@ use pipelines::spec::{JobSpec, KafkaSource, KeysConfig, ParquetSink, SinkSpec, S
 use pipelines::{run_job, JobControl, JobMetrics, RunOptions};
 use rdkafka::mocking::MockCluster;
 
-use crate::common::sql_rows;
+use crate::common::{publish, sql_rows};
 
 #[test]
 fn kafka_to_lake_counts_every_message_once() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("metrics", 4, 1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let target =
-        loadgen::KafkaTarget { brokers: brokers.clone(), topic: "metrics".into(), partitions: None, config: vec![] };
-    let cfg = loadgen::FleetConfig { agents: 40, seed: 11, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0 };
-    let start = 1_700_000_000_000_000_000;
-    let sent = loadgen::run_kafka(
-        cfg,
-        &target,
-        start,
-        Duration::from_secs(2),
-        Duration::from_secs(40),
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
-    assert_eq!(sent.errors, 0);
+    let sent = publish(&brokers, "metrics", None, 40, 11, 1_700_000_000_000_000_000, 40);
     assert_eq!(sent.messages, 40 * 6 * 20);
 
     let dir = tempfile::tempdir().unwrap();

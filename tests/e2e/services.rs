@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::common::{dragonflow_ok, rel, sql_rows};
+use crate::common::{dragonflow_ok, publish, rel, sql_rows};
 
 fn kafka() -> String {
     std::env::var("DRAGONFLOW_TEST_KAFKA").expect("DRAGONFLOW_TEST_KAFKA: run the suite with tests/run-all.sh")
@@ -75,22 +75,9 @@ fn write_spec(dir: &Path, topic: &str, format: &str, lake: &Path, db: Option<&st
 fn tansu_to_lake_and_influxdb_with_two_workers() {
     let dir = tempfile::tempdir().unwrap();
     let topic = unique("metrics");
-    let target = loadgen::KafkaTarget { brokers: kafka(), topic: topic.clone(), partitions: Some(4), config: vec![] };
-    let cfg = loadgen::FleetConfig { agents: 100, seed: 5, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0 };
     // Recent event time, so InfluxDB's 4-week retention keeps the points.
     let start = (pipelines::source::wall_ns() / 60_000_000_000 - 10) * 60_000_000_000;
-    let sent = loadgen::run_kafka(
-        cfg,
-        &target,
-        start,
-        Duration::from_secs(2),
-        Duration::from_secs(60),
-        false,
-        &AtomicBool::new(false),
-        |_| {},
-    )
-    .unwrap();
-    assert_eq!(sent.errors, 0, "{:?}", sent.last_error);
+    let sent = publish(&kafka(), &topic, Some(4), 100, 5, start, 60);
     let sent_cpu = sent.by_measurement["cpu"];
 
     let lake = dir.path().join("lake");

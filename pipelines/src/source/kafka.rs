@@ -277,7 +277,8 @@ impl Reader for KafkaReader {
                 }
             }
         }
-        {
+        // The committable offsets change only when messages were read.
+        if read > 0 {
             let mut consumed = self.consumed.0.borrow_mut();
             consumed.clear();
             consumed.extend(self.parts.iter().filter_map(|p| p.next.map(|n| (p.topic.clone(), p.partition, n))));
