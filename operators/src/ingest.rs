@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use rustc_hash::FxHashMap;
 
+use crate::checkpoint::{PartitionCheckpoint, Tracker};
 use crate::decode::{decode, Decoded, Format, Metric, TimestampUnit};
 use crate::intern::{SeriesTable, TagRefs};
 use crate::model::{LateRow, Observation, Origin, RejectRow};
@@ -63,6 +64,8 @@ pub struct IngestOutput {
     pub messages: u64,
     pub metrics: u64,
     pub values: u64,
+    /// Values read again after a restart that were already in the output, and skipped.
+    pub replayed: u64,
 }
 
 impl IngestOutput {
@@ -77,11 +80,56 @@ pub struct Ingest {
     out: IngestOutput,
     /// The observations of the last window used, to skip the map lookup for runs of one window.
     current: Option<(i64, Vec<Observation>)>,
+    /// Checkpoint bookkeeping per partition slot, when the source can be replayed.
+    trackers: Option<Vec<Tracker>>,
 }
 
 impl Ingest {
     pub fn new(table: Rc<RefCell<SeriesTable>>, config: IngestConfig) -> Self {
-        Ingest { table, config, out: IngestOutput::default(), current: None }
+        Ingest { table, config, out: IngestOutput::default(), current: None, trackers: None }
+    }
+
+    /// Series this worker knows now.
+    pub fn live_series(&self) -> usize {
+        self.table.borrow().len()
+    }
+
+    /// Keeps what checkpoints need (see [`crate::checkpoint`]) for every partition.
+    pub fn track(&mut self) {
+        self.trackers.get_or_insert_with(Vec::new);
+    }
+
+    fn tracker(&mut self, slot: usize) -> Option<&mut Tracker> {
+        let trackers = self.trackers.as_mut()?;
+        if trackers.len() <= slot {
+            trackers.resize_with(slot + 1, Tracker::default);
+        }
+        Some(&mut trackers[slot])
+    }
+
+    /// Resumes partition `slot` from a checkpoint whose windows before `frontier` are written.
+    pub fn resume(&mut self, slot: usize, checkpoint: &PartitionCheckpoint, frontier: i64) {
+        if let Some(t) = self.tracker(slot) {
+            *t = Tracker::resumed(checkpoint, frontier);
+        }
+    }
+
+    /// Where partition `slot` resumes given `frontier` (see [`Tracker::checkpoint`]).
+    pub fn checkpoint(
+        &mut self,
+        slot: usize,
+        source: &str,
+        partition: i32,
+        frontier: i64,
+        next: i64,
+        max_ts: Option<i64>,
+    ) -> Option<PartitionCheckpoint> {
+        self.tracker(slot).map(|t| t.checkpoint(source, partition, frontier, next, max_ts))
+    }
+
+    /// A copy of partition `slot`'s bookkeeping (for the checkpoint written when the job ends).
+    pub fn tracker_snapshot(&mut self, slot: usize) -> Option<Tracker> {
+        self.tracker(slot).map(|t| t.clone())
     }
 
     pub fn config(&self) -> &IngestConfig {
@@ -101,6 +149,16 @@ impl Ingest {
         self.out.messages += 1;
         watermarks.touch(slot, now);
         let order = ((origin.position.max(0) as u64) << 16) | (origin.partition as u64 & 0xffff);
+        let max_ts_before = watermarks.max_event_time(slot);
+        let tracker = match self.trackers.as_mut() {
+            Some(trackers) => {
+                if trackers.len() <= slot {
+                    trackers.resize_with(slot + 1, Tracker::default);
+                }
+                Some(&mut trackers[slot])
+            }
+            None => None,
+        };
         let mut table = self.table.borrow_mut();
         let mut sink = Sink {
             table: &mut table,
@@ -112,19 +170,42 @@ impl Ingest {
             watermarks,
             arrival_ns,
             order,
+            tracker,
+            max_ts_before,
         };
         decode(self.config.format, payload, self.config.unit, arrival_ns, &mut sink);
     }
 
     /// Records a reject found outside the decoder (an empty message, a read error, …).
-    pub fn reject(&mut self, origin: &Origin, reason: impl Into<String>, payload: &[u8], arrival_ns: i64) {
+    /// `slot` is the partition it came from, when it has one.
+    pub fn reject(
+        &mut self,
+        origin: &Origin,
+        slot: Option<usize>,
+        max_ts: Option<i64>,
+        reason: impl Into<String>,
+        payload: &[u8],
+        arrival_ns: i64,
+    ) {
+        if let Some(t) = slot.and_then(|s| self.tracker(s)) {
+            t.note_side(origin.position, max_ts);
+        }
         self.out.rejects.push(RejectRow::new(origin.clone(), reason, payload, arrival_ns));
     }
 
     /// Takes everything produced since the last call.
     pub fn take(&mut self) -> IngestOutput {
+        self.take_at(0)
+    }
+
+    /// Takes everything produced since the last call; late values and rejects among it are
+    /// emitted at timely time `side_time`.
+    pub fn take_at(&mut self, side_time: u64) -> IngestOutput {
         if let Some((end, obs)) = self.current.take() {
             self.out.windows.entry(end).or_default().extend(obs);
+        }
+        if let Some(trackers) = self.trackers.as_mut() {
+            trackers.iter_mut().for_each(|t| t.stamp_side(side_time));
         }
         std::mem::take(&mut self.out)
     }
@@ -140,9 +221,18 @@ struct Sink<'a> {
     watermarks: &'a mut Watermarks,
     arrival_ns: i64,
     order: u64,
+    tracker: Option<&'a mut Tracker>,
+    /// The partition's largest event time before this message.
+    max_ts_before: Option<i64>,
 }
 
 impl Sink<'_> {
+    fn note_side(&mut self) {
+        if let Some(t) = self.tracker.as_deref_mut() {
+            t.note_side(self.origin.position, self.max_ts_before);
+        }
+    }
+
     fn push(&mut self, window_end: i64, obs: Observation) {
         match self.current {
             Some((end, v)) if *end == window_end => v.push(obs),
@@ -169,6 +259,7 @@ impl Decoded for Sink<'_> {
                     "timestamp {ts} is {ahead}s ahead of the watermark and clock (allowed skew {}s)",
                     skew / 1_000_000_000
                 );
+                self.note_side();
                 self.out.rejects.push(RejectRow::new(self.origin.clone(), reason, &metric_text(m), self.arrival_ns));
                 return;
             }
@@ -191,7 +282,33 @@ impl Decoded for Sink<'_> {
         }
         self.out.metrics += 1;
         let window_end = self.config.window.end(ts);
-        let late = self.watermarks.is_late(self.slot, window_end);
+        let offset = self.origin.position;
+        let partition_late = self.watermarks.is_partition_late(self.slot, window_end);
+        let late = match self.tracker.as_deref().and_then(|t| t.replaying(offset)) {
+            // Read before the checkpoint: late exactly as it was then, or already in the output.
+            Some(replay) => {
+                if partition_late || replay.late.contains(&offset) {
+                    true
+                } else if window_end < replay.frontier {
+                    self.watermarks.observe(self.slot, ts);
+                    self.out.replayed += m.fields.iter().filter(|(_, v)| v.numeric().is_some()).count() as u64;
+                    return;
+                } else {
+                    self.watermarks.is_late(self.slot, window_end)
+                }
+            }
+            None => partition_late || self.watermarks.is_late(self.slot, window_end),
+        };
+        if let Some(t) = self.tracker.as_deref_mut() {
+            if late {
+                t.note_side(offset, self.max_ts_before);
+                if !partition_late {
+                    t.note_combined_late(offset);
+                }
+            } else {
+                t.note_window(window_end, offset, self.max_ts_before);
+            }
+        }
         let watermark =
             self.watermarks.partition_watermark(self.slot).unwrap_or(i64::MIN).max(self.watermarks.combined());
         self.watermarks.observe(self.slot, ts);
@@ -222,6 +339,7 @@ impl Decoded for Sink<'_> {
                     self.push(window_end, Observation { series, ts, order: self.order, value });
                 }
                 Err(e) => {
+                    self.note_side();
                     let reason = format!("{e}: new series {}.{field} refused", m.name);
                     self.out.rejects.push(RejectRow::new(
                         self.origin.clone(),
@@ -235,6 +353,7 @@ impl Decoded for Sink<'_> {
     }
 
     fn reject(&mut self, reason: String, payload: &[u8]) {
+        self.note_side();
         self.out.rejects.push(RejectRow::new(self.origin.clone(), reason, payload, self.arrival_ns));
     }
 }

@@ -7,8 +7,10 @@
 //! - [`aggregate`]: the mergeable window aggregate (count, sum, min, max, mean, last).
 //! - [`ingest`]: turns raw messages into observation batches stamped with their window, splitting off late and rejected records.
 //! - [`window`]: the `WindowAggregate` timely operator.
+//! - [`checkpoint`]: per-partition bookkeeping that lets a replayable source resume exactly.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod decode;
 pub mod ingest;
 pub mod intern;

@@ -96,6 +96,29 @@ impl Watermarks {
         self.parts[slot].max_ts
     }
 
+    /// Restores a partition's largest event time from a checkpoint.
+    pub fn restore(&mut self, slot: usize, max_ts: Option<i64>) {
+        self.parts[slot].max_ts = max_ts;
+    }
+
+    /// Raises the combined watermark to at least `watermark` (windows ending at or before it are
+    /// closed), as when a job resumes from a checkpoint.
+    pub fn raise_combined(&mut self, watermark: i64) {
+        self.combined = self.combined.max(watermark);
+    }
+
+    /// Whether a value is late by its own partition's watermark alone (deterministic for a
+    /// given partition's order, unlike the combined watermark).
+    #[inline]
+    pub fn is_partition_late(&self, slot: usize, window_end: i64) -> bool {
+        self.partition_watermark(slot).is_some_and(|w| window_end <= w)
+    }
+
+    /// The lowest watermark among partitions that delivered data (`None` if none did).
+    pub fn lowest_partition_watermark(&self) -> Option<i64> {
+        self.parts.iter().filter_map(|p| p.max_ts.map(|m| m.saturating_sub(self.lateness))).min()
+    }
+
     /// A value is late if its window ended at or before its partition's watermark, or before
     /// the combined watermark already published (its window has been emitted).
     #[inline]

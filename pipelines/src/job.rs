@@ -13,16 +13,18 @@ use operators::time::{Watermarks, WindowSpec};
 use operators::window::{Time, WindowAggregate};
 use sinks::influx::{InfluxConfig, InfluxWriter};
 use sinks::lake::{LakeConfig, LakeWriter};
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Map;
-use timely::dataflow::operators::{Concat, Inspect};
+use timely::dataflow::operators::{Concat, Inspect, Probe};
 
+use crate::checkpoint::{Checkpoint, Coordinator};
 use crate::control::JobControl;
 use crate::metrics::JobMetrics;
 use crate::sink::{lake_sink, SinkOutcome, Writer};
 use crate::source::file::FileReader;
-use crate::source::ingest_source;
-use crate::source::kafka::KafkaReader;
-use crate::spec::{JobSpec, SinkSpec, SourceSpec};
+use crate::source::kafka::{commit_offsets, KafkaReader};
+use crate::source::{ingest_source, SourceCheckpoints};
+use crate::spec::{JobSpec, SinkSpec, SourceSpec, StartAt};
 
 /// How a job runs.
 #[derive(Clone, Debug)]
@@ -49,6 +51,11 @@ pub struct JobReport {
     pub windows: u64,
     pub rows: u64,
     pub files: u64,
+    /// Values read again after a restart and skipped, being already written.
+    pub replayed: u64,
+    /// The checkpoint written when the job ended, and how many partitions' offsets were
+    /// committed to the consumer group from it.
+    pub checkpoint: Option<Checkpoint>,
     pub committed_partitions: usize,
     pub elapsed: Duration,
 }
@@ -69,10 +76,6 @@ pub enum JobError {
     Worker(String),
 }
 
-/// Per-worker result (what the sinks wrote is counted in [`JobMetrics`]).
-struct WorkerEnd {
-    committed: usize,
-}
 
 /// Builds the ingest settings of a spec.
 pub fn ingest_config(spec: &JobSpec) -> IngestConfig {
@@ -97,6 +100,7 @@ pub fn run_job(
     metrics: Arc<JobMetrics>,
 ) -> Result<JobReport, JobError> {
     spec.validate().map_err(|e| JobError::Source(e.to_string()))?;
+    let spec_source = spec.source.clone();
     if let SourceSpec::File(f) = &spec.source {
         // Fail before starting workers, with the path in the message.
         std::fs::metadata(&f.path).map_err(|e| JobError::Source(format!("{}: {e}", f.path.display())))?;
@@ -115,18 +119,39 @@ pub fn run_job(
     } else {
         timely::Config::process(options.workers.max(1))
     };
+    let coordinator = match (&spec.source, spec.checkpoint_dir()) {
+        (SourceSpec::Kafka(k), Some(dir)) => {
+            let resume = k.start == StartAt::Committed;
+            let c = Coordinator::new(&dir, options.process, options.workers.max(1), spec.checkpoint.interval, resume)
+                .map_err(JobError::Source)?;
+            if let Some(r) = c.restored() {
+                eprintln!(
+                    "dragonflow: resuming from checkpoint {} (epoch {}, windows before {} written, {} partitions)",
+                    c.path().display(),
+                    r.epoch,
+                    crate::metrics::format_ts(r.frontier),
+                    r.partitions.len()
+                );
+                metrics.set_checkpoint(r.epoch, r.frontier);
+            }
+            Some(Arc::new(c))
+        }
+        _ => None,
+    };
     let spec = Arc::new(spec.clone());
     let started = std::time::Instant::now();
     let worker_metrics = metrics.clone();
-    let guards = timely::execute(config, move |worker| -> Result<WorkerEnd, String> {
-        run_worker(worker, &spec, control.clone(), worker_metrics.clone())
+    let worker_coordinator = coordinator.clone();
+    let local_workers = options.workers.max(1);
+    let guards = timely::execute(config, move |worker| -> Result<(), String> {
+        run_worker(worker, &spec, control.clone(), worker_metrics.clone(), worker_coordinator.clone(), local_workers)
     })
     .map_err(JobError::Worker)?;
     let mut report = JobReport::default();
     let mut first_error = None;
     for result in guards.join() {
         match result {
-            Ok(Ok(end)) => report.committed_partitions += end.committed,
+            Ok(Ok(())) => {}
             Ok(Err(e)) | Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -135,6 +160,16 @@ pub fn run_job(
     if let Some(e) = first_error {
         return Err(JobError::Sink(e));
     }
+    // Every sink finished: what the job read is written. Checkpoint it, then tell Kafka.
+    if let (Some(c), SourceSpec::Kafka(k)) = (&coordinator, &spec_source) {
+        let checkpoint = c.write_final().map_err(JobError::Sink)?;
+        if let Some(cp) = &checkpoint {
+            metrics.set_checkpoint(cp.epoch, cp.frontier);
+            report.committed_partitions =
+                commit_offsets(k, &cp.partitions).map_err(|e| JobError::Sink(format!("kafka commit: {e}")))?;
+        }
+        report.checkpoint = checkpoint;
+    }
     report.messages = metrics.messages.load(Ordering::Relaxed);
     report.values = metrics.values.load(Ordering::Relaxed);
     report.rejects = metrics.rejects.load(Ordering::Relaxed);
@@ -142,6 +177,7 @@ pub fn run_job(
     report.windows = metrics.windows.load(Ordering::Relaxed);
     report.rows = metrics.rows.load(Ordering::Relaxed);
     report.files = metrics.files.load(Ordering::Relaxed);
+    report.replayed = metrics.replayed.load(Ordering::Relaxed);
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -151,10 +187,14 @@ fn run_worker(
     spec: &JobSpec,
     control: Arc<JobControl>,
     metrics: Arc<JobMetrics>,
-) -> Result<WorkerEnd, String> {
+    coordinator: Option<Arc<Coordinator>>,
+    local_workers: usize,
+) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
-    let table = Rc::new(RefCell::new(SeriesTable::new()));
+    // The limit is the job's; each worker holds an even share of the series.
+    let limit = spec.limits.max_series.map(|m| m.div_ceil(peers as u64) as usize);
+    let table = Rc::new(RefCell::new(SeriesTable::with_limit(limit)));
     let config = ingest_config(spec);
     let window = config.window;
     let ingest = Ingest::new(table.clone(), config);
@@ -162,7 +202,12 @@ fn run_worker(
         SourceSpec::Kafka(k) => k.idle_timeout,
         SourceSpec::File(_) => Duration::from_secs(30),
     };
-    let watermarks = Watermarks::new(window.lateness, idle);
+    let mut watermarks = Watermarks::new(window.lateness, idle);
+    let resume = coordinator.as_ref().and_then(|c| c.restored().cloned()).map(Arc::new);
+    if let Some(r) = &resume {
+        // Windows before the checkpoint's frontier are written: they are closed from the start.
+        watermarks.raise_combined(r.frontier.saturating_sub(1));
+    }
 
     let mut writers = Vec::new();
     let mut flush_interval = Duration::from_secs(10);
@@ -170,8 +215,12 @@ fn run_worker(
         match s {
             SinkSpec::Parquet(p) => {
                 flush_interval = flush_interval.min(p.flush_interval);
-                let cfg =
-                    LakeConfig { path: p.path.clone(), flush_interval: p.flush_interval, ..LakeConfig::default() };
+                let cfg = LakeConfig {
+                    path: p.path.clone(),
+                    flush_interval: p.flush_interval,
+                    workers: peers,
+                    ..LakeConfig::default()
+                };
                 writers.push(Writer::Lake(Box::new(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?)));
             }
             SinkSpec::InfluxDb(i) => {
@@ -196,7 +245,6 @@ fn run_worker(
     }
 
     let outcome: SinkOutcome = Rc::new(RefCell::new(None));
-    let mut commit = None;
     let mut file_reader = None;
     let mut kafka_reader = None;
     match &spec.source {
@@ -205,8 +253,8 @@ fn run_worker(
                 Some(FileReader::open(&f.path, index, peers).map_err(|e| format!("{}: {e}", f.path.display()))?);
         }
         SourceSpec::Kafka(k) => {
-            let reader = KafkaReader::new(k.clone(), index, peers, control.clone()).map_err(|e| e.to_string())?;
-            commit = Some(reader.commit_handle());
+            let reader =
+                KafkaReader::new(k.clone(), index, peers, control.clone(), resume).map_err(|e| e.to_string())?;
             kafka_reader = Some(reader);
         }
     }
@@ -214,10 +262,16 @@ fn run_worker(
     let size = window.size;
     let sink_outcome = outcome.clone();
     let sink_metrics = metrics.clone();
+    let probe = ProbeHandle::new();
+    let checkpoints = coordinator.map(|coordinator| SourceCheckpoints {
+        coordinator,
+        probe: probe.clone(),
+        local_index: index % local_workers,
+    });
     worker.dataflow::<Time, _, _>(move |scope| {
         let (observations, side) = match (file_reader, kafka_reader) {
-            (Some(r), _) => ingest_source(scope, "FileSource", r, ingest, watermarks, metrics.clone()),
-            (_, Some(r)) => ingest_source(scope, "KafkaSource", r, ingest, watermarks, metrics.clone()),
+            (Some(r), _) => ingest_source(scope, "FileSource", r, ingest, watermarks, metrics.clone(), None),
+            (_, Some(r)) => ingest_source(scope, "KafkaSource", r, ingest, watermarks, metrics.clone(), checkpoints),
             _ => unreachable!("one source is always built"),
         };
         let window_metrics = metrics.clone();
@@ -225,20 +279,15 @@ fn run_worker(
             .window_aggregate(table, size)
             .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()))
             .map(SinkItem::Aggregates);
-        lake_sink(results.concat(side), writers, flush_interval, sink_metrics, sink_outcome);
+        lake_sink(results.concat(side), writers, flush_interval, sink_metrics, sink_outcome).probe_with(&probe);
     });
 
     while worker.step_or_park(Some(Duration::from_millis(100))) {}
 
-    match outcome.borrow_mut().take() {
-        Some(Ok(_)) => {}
-        Some(Err(e)) => return Err(e),
-        None => return Err("sinks did not finish".into()),
+    let result = outcome.borrow_mut().take();
+    match result {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(e),
+        None => Err("sinks did not finish".into()),
     }
-    // Offsets are committed only now that every sink has written what it was given.
-    let committed = match commit {
-        Some(c) => c.commit().map_err(|e| format!("kafka commit: {e}"))?,
-        None => 0,
-    };
-    Ok(WorkerEnd { committed })
 }

@@ -7,6 +7,7 @@
 //! - [`job`]: one function that wires a job top to bottom and runs it.
 //! - [`control`], [`metrics`]: stopping a job, and watching it.
 
+pub mod checkpoint;
 pub mod control;
 pub mod job;
 pub mod metrics;

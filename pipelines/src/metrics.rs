@@ -1,8 +1,70 @@
 //! Counters and gauges of a running job, shared by its workers and whoever reports on it.
+//!
+//! [`JobMetrics::snapshot`] gathers them into a [`Status`] (serializable: the status log and an
+//! API read the same thing); [`JobMetrics::record`] keeps the last snapshots, from which rates
+//! over the last minute are computed.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
+
+use serde::Serialize;
+
+/// One source partition as its worker last saw it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct PartitionStatus {
+    pub source: String,
+    pub partition: i32,
+    /// The offset after the last record read.
+    pub next: Option<i64>,
+    /// Records the broker holds beyond `next`.
+    pub lag: Option<i64>,
+    /// The partition's own watermark (ns).
+    pub watermark: Option<i64>,
+}
+
+/// One sink of one worker.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SinkStatus {
+    pub kind: &'static str,
+    pub worker: usize,
+    /// Rows or lines waiting to be written.
+    pub queued: u64,
+    pub last_error: Option<String>,
+}
+
+/// A job's state at one moment, for the status log and the API.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// Unix time of the snapshot (ms).
+    pub at_ms: i64,
+    pub uptime_s: f64,
+    pub records_in: u64,
+    pub values: u64,
+    pub rows_out: u64,
+    pub windows: u64,
+    pub files: u64,
+    pub rejects: u64,
+    pub late: u64,
+    /// Values read again after a restart and skipped because they were already written.
+    pub replayed: u64,
+    /// Records per second over the last minute (or since the start).
+    pub records_per_s: f64,
+    /// The job's watermark (ns) and how far it is behind the wall clock (s).
+    pub watermark: Option<i64>,
+    pub watermark_lag_s: Option<f64>,
+    /// Sum of the partitions' consumer lag.
+    pub consumer_lag: Option<i64>,
+    pub partitions: Vec<PartitionStatus>,
+    pub sinks: Vec<SinkStatus>,
+    /// Live series over all workers.
+    pub series: u64,
+    /// The last checkpoint written: epoch and frontier (ns).
+    pub checkpoint_epoch: u64,
+    pub checkpoint_frontier: Option<i64>,
+    pub last_error: Option<String>,
+}
 
 #[derive(Debug)]
 pub struct JobMetrics {
@@ -17,10 +79,19 @@ pub struct JobMetrics {
     pub windows: AtomicU64,
     pub rows: AtomicU64,
     pub files: AtomicU64,
+    pub replayed: AtomicU64,
     watermarks: Vec<AtomicI64>,
+    series: Vec<AtomicU64>,
     last_window_end: AtomicI64,
     pub last_error: Mutex<Option<String>>,
+    partitions: Mutex<BTreeMap<(String, i32), PartitionStatus>>,
+    sinks: Mutex<BTreeMap<(usize, usize), SinkStatus>>,
+    checkpoint: Mutex<(u64, Option<i64>)>,
+    history: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// How far back [`JobMetrics::record`] keeps snapshots for rates.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl JobMetrics {
     pub fn new(workers: usize) -> Self {
@@ -33,9 +104,94 @@ impl JobMetrics {
             windows: AtomicU64::new(0),
             rows: AtomicU64::new(0),
             files: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             watermarks: (0..workers).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            series: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             last_window_end: AtomicI64::new(i64::MIN),
             last_error: Mutex::new(None),
+            partitions: Mutex::new(BTreeMap::new()),
+            sinks: Mutex::new(BTreeMap::new()),
+            checkpoint: Mutex::new((0, None)),
+            history: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// A worker's live series.
+    pub fn set_series(&self, worker: usize, live: usize) {
+        if let Some(s) = self.series.get(worker) {
+            s.store(live as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// What a worker knows of its partitions now.
+    pub fn set_partitions(&self, parts: impl IntoIterator<Item = PartitionStatus>) {
+        if let Ok(mut map) = self.partitions.lock() {
+            for p in parts {
+                map.insert((p.source.clone(), p.partition), p);
+            }
+        }
+    }
+
+    /// The state of sink `index` of `worker`.
+    pub fn set_sink(&self, worker: usize, index: usize, status: SinkStatus) {
+        if let Ok(mut map) = self.sinks.lock() {
+            map.insert((worker, index), status);
+        }
+    }
+
+    /// A checkpoint was written.
+    pub fn set_checkpoint(&self, epoch: u64, frontier: i64) {
+        if let Ok(mut c) = self.checkpoint.lock() {
+            *c = (epoch, Some(frontier));
+        }
+    }
+
+    /// Remembers the record count now, for [`Status::records_per_s`]; call it periodically.
+    pub fn record(&self, now: Instant) {
+        let Ok(mut h) = self.history.lock() else { return };
+        h.push_back((now, self.messages.load(Ordering::Relaxed)));
+        while h.len() > 2 && h.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+            h.pop_front();
+        }
+    }
+
+    /// Everything at once (see [`Status`]).
+    pub fn snapshot(&self) -> Status {
+        let now = Instant::now();
+        let records_in = self.messages.load(Ordering::Relaxed);
+        let uptime = now.duration_since(self.started).as_secs_f64();
+        let records_per_s = match self.history.lock().ok().and_then(|h| h.front().copied()) {
+            Some((t, n)) if now.duration_since(t).as_secs_f64() > 0.5 => {
+                (records_in - n.min(records_in)) as f64 / now.duration_since(t).as_secs_f64()
+            }
+            _ => records_in as f64 / uptime.max(1e-9),
+        };
+        let watermark = self.watermark();
+        let partitions: Vec<PartitionStatus> =
+            self.partitions.lock().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let lags: Vec<i64> = partitions.iter().filter_map(|p| p.lag).collect();
+        let (checkpoint_epoch, checkpoint_frontier) = self.checkpoint.lock().map(|c| *c).unwrap_or((0, None));
+        Status {
+            at_ms: crate::source::wall_ns() / 1_000_000,
+            uptime_s: uptime,
+            records_in,
+            values: self.values.load(Ordering::Relaxed),
+            rows_out: self.rows.load(Ordering::Relaxed),
+            windows: self.windows.load(Ordering::Relaxed),
+            files: self.files.load(Ordering::Relaxed),
+            rejects: self.rejects.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            records_per_s,
+            watermark,
+            watermark_lag_s: watermark.map(|w| (crate::source::wall_ns() - w) as f64 / 1e9),
+            consumer_lag: (!lags.is_empty()).then(|| lags.iter().sum()),
+            partitions,
+            sinks: self.sinks.lock().map(|m| m.values().cloned().collect()).unwrap_or_default(),
+            series: self.series.iter().map(|s| s.load(Ordering::Relaxed)).sum(),
+            checkpoint_epoch,
+            checkpoint_frontier,
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
         }
     }
 
@@ -67,25 +223,43 @@ impl JobMetrics {
 
     /// A one-line status for people.
     pub fn status_line(&self) -> String {
-        let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        let msgs = self.messages.load(Ordering::Relaxed);
-        let wm = match self.watermark() {
-            Some(w) => {
-                let lag = (crate::source::wall_ns() - w) as f64 / 1e9;
-                format!("watermark {} (lag {lag:.1}s)", format_ts(w))
-            }
-            None => "watermark -".into(),
-        };
-        format!(
-            "in {msgs} msgs ({:.0}/s) | values {} | rejects {} | late {} | windows {} | rows {} | {wm}",
-            msgs as f64 / secs,
-            self.values.load(Ordering::Relaxed),
-            self.rejects.load(Ordering::Relaxed),
-            self.late.load(Ordering::Relaxed),
-            self.windows.load(Ordering::Relaxed),
-            self.rows.load(Ordering::Relaxed),
-        )
+        self.record(Instant::now());
+        status_line(&self.snapshot())
     }
+}
+
+/// A [`Status`] as one line for people.
+pub fn status_line(s: &Status) -> String {
+    let wm = match (s.watermark, s.watermark_lag_s) {
+        (Some(w), Some(lag)) => format!("watermark {} (lag {lag:.1}s)", format_ts(w)),
+        _ => "watermark -".into(),
+    };
+    let mut line = format!(
+        "in {} msgs ({:.0}/s) | values {} | rejects {} | late {} | windows {} | rows {} | {wm}",
+        s.records_in, s.records_per_s, s.values, s.rejects, s.late, s.windows, s.rows_out
+    );
+    if let Some(lag) = s.consumer_lag {
+        line.push_str(&format!(" | kafka lag {lag}"));
+    }
+    let queued: u64 = s.sinks.iter().map(|k| k.queued).sum();
+    if queued > 0 {
+        line.push_str(&format!(" | sink queue {queued}"));
+    }
+    if s.series > 0 {
+        line.push_str(&format!(" | series {}", s.series));
+    }
+    if s.replayed > 0 {
+        line.push_str(&format!(" | replayed {}", s.replayed));
+    }
+    if let Some(f) = s.checkpoint_frontier {
+        line.push_str(&format!(" | checkpoint {} @ {}", s.checkpoint_epoch, format_ts(f)));
+    }
+    for k in &s.sinks {
+        if let Some(e) = &k.last_error {
+            line.push_str(&format!(" | {} w{}: {e}", k.kind, k.worker));
+        }
+    }
+    line
 }
 
 /// RFC 3339 in UTC with second precision, for status lines.

@@ -2,8 +2,15 @@
 //! to each configured sink. Writers run off the hot path (their own threads behind bounded
 //! channels); this operator only buffers, asks them to flush on time, and finishes them when
 //! its input is complete.
+//!
+//! It also tells the job what is durable. It holds a capability on an empty output stream and
+//! sets barriers in its writers (after each window, or every flush interval); once every
+//! writer has passed a barrier, the capability moves up to the input frontier of the moment the
+//! barrier was set. The frontier of the output, seen through a probe, is therefore the
+//! *durable frontier*: every window ending before it is written by every sink of every worker.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +25,7 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::Stream;
 
-use crate::metrics::JobMetrics;
+use crate::metrics::{JobMetrics, SinkStatus};
 
 /// One configured sink of one worker.
 pub enum Writer {
@@ -72,31 +79,77 @@ impl Writer {
     fn is_lake(&self) -> bool {
         matches!(self, Writer::Lake(_))
     }
+
+    fn barrier(&mut self) -> Result<u64, SinkError> {
+        match self {
+            Writer::Lake(w) => w.barrier(),
+            Writer::Influx(w) => w.barrier(),
+        }
+    }
+
+    fn durable(&self) -> u64 {
+        match self {
+            Writer::Lake(w) => w.durable(),
+            Writer::Influx(w) => w.durable(),
+        }
+    }
+
+    fn status(&self, worker: usize) -> SinkStatus {
+        match self {
+            Writer::Lake(w) => SinkStatus {
+                kind: "parquet",
+                worker,
+                queued: w.buffered_rows() as u64,
+                last_error: w.stats().last_error,
+            },
+            Writer::Influx(w) => SinkStatus {
+                kind: "influxdb",
+                worker,
+                queued: w.queued_lines(),
+                last_error: w.stats().last_error,
+            },
+        }
+    }
 }
 
 /// What the sinks of one worker ended with.
 pub type SinkOutcome = Rc<RefCell<Option<Result<Vec<SinkSummary>, String>>>>;
 
+/// How often the sink looks at its writers' progress at most.
+const MAX_TICK: Duration = Duration::from_millis(200);
+
 /// Attaches `writers` to `stream`. When the stream ends, the writers are finished and the
-/// outcome stored in `outcome`.
+/// outcome stored in `outcome`. The returned stream carries nothing; its frontier is the
+/// durable frontier (see the [module docs](self)).
 pub fn lake_sink<'scope>(
     stream: Stream<'scope, Time, Vec<SinkItem>>,
     writers: Vec<Writer>,
     flush_interval: Duration,
     metrics: Arc<JobMetrics>,
     outcome: SinkOutcome,
-) {
+) -> Stream<'scope, Time, Vec<()>> {
     let scope = stream.scope();
+    let worker = scope.index();
     let mut builder = OperatorBuilder::new("LakeSink".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
     let mut input = builder.new_input(stream, Pipeline);
-    builder.build(move |_caps| {
+    let (_output, durable) = builder.new_output::<Vec<()>>();
+    builder.build(move |mut caps| {
         let mut writers = Some(writers);
         let mut error: Option<String> = None;
         // When the next timer activation is due; one is always pending while the sink is open,
         // so buffered rows are flushed on time even when no more input arrives.
         let mut timer: Option<Instant> = None;
+        // Held at the durable frontier of this worker's sinks.
+        let mut held = caps.pop();
+        // Barriers set and not yet passed by every writer: their numbers, and the input
+        // frontier when they were set.
+        let mut pending: VecDeque<(Vec<u64>, Time)> = VecDeque::new();
+        let mut last_barrier = Instant::now();
+        let mut barrier_frontier: Time = 0;
+        let mut windows_since_barrier = false;
+        let tick = (flush_interval / 2).clamp(Duration::from_millis(100), MAX_TICK);
         move |frontiers| {
             let Some(ws) = writers.as_mut() else {
                 input.for_each(|_, data| data.clear());
@@ -104,6 +157,9 @@ pub fn lake_sink<'scope>(
             };
             input.for_each(|_cap, data| {
                 for item in data.drain(..) {
+                    if matches!(item, SinkItem::Aggregates(_)) {
+                        windows_since_barrier = true;
+                    }
                     let Some((last, others)) = ws.split_last_mut() else { continue };
                     for w in others {
                         if let Err(e) = w.push(item.clone()) {
@@ -136,8 +192,43 @@ pub fn lake_sink<'scope>(
                     error.get_or_insert(e.to_string());
                 }
             }
+            // A barrier after each window, or every flush interval while time moves.
+            let frontier = frontiers[0].frontier().iter().min().copied();
+            if let Some(f) = frontier {
+                let due = windows_since_barrier || now.duration_since(last_barrier) >= flush_interval;
+                if error.is_none() && f > barrier_frontier && due {
+                    let mut seqs = Vec::with_capacity(ws.len());
+                    for w in ws.iter_mut() {
+                        match w.barrier() {
+                            Ok(n) => seqs.push(n),
+                            Err(e) => {
+                                error.get_or_insert(e.to_string());
+                            }
+                        }
+                    }
+                    if seqs.len() == ws.len() {
+                        pending.push_back((seqs, f));
+                    }
+                    barrier_frontier = f;
+                    last_barrier = now;
+                    windows_since_barrier = false;
+                }
+            }
+            while let Some((seqs, f)) = pending.front() {
+                if !ws.iter().zip(seqs).all(|(w, n)| w.durable() >= *n) {
+                    break;
+                }
+                if let Some(cap) = held.as_mut() {
+                    if *f > *cap.time() {
+                        cap.downgrade(f);
+                    }
+                }
+                pending.pop_front();
+            }
+            for (i, w) in ws.iter().enumerate() {
+                metrics.set_sink(worker, i, w.status(worker));
+            }
             if timer.is_none_or(|t| t <= now) {
-                let tick = (flush_interval / 2).max(Duration::from_millis(100));
                 activator.activate_after(tick);
                 timer = Some(now + tick);
             }
@@ -183,7 +274,9 @@ pub fn lake_sink<'scope>(
                     None => Ok(stats),
                 };
                 *outcome.borrow_mut() = Some(result);
+                held = None;
             }
         }
     });
+    durable
 }

@@ -20,6 +20,10 @@ pub struct JobSpec {
     pub window: WindowConfig,
     #[serde(default)]
     pub keys: KeysConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSpec>,
 }
@@ -135,6 +139,51 @@ fn default_lateness() -> Duration {
 }
 fn default_skew() -> Duration {
     Duration::from_secs(600)
+}
+
+/// Bounds on the state a job keeps.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A series that has not reported for this long (event time) is forgotten.
+    #[serde(default = "default_series_ttl", with = "humantime_serde")]
+    pub series_ttl: Duration,
+    /// Most live series in the job (shared evenly by the workers); new series beyond it are
+    /// rejected with a reason. Absent: no limit.
+    #[serde(default)]
+    pub max_series: Option<u64>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig { series_ttl: default_series_ttl(), max_series: None }
+    }
+}
+
+fn default_series_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// Checkpoints of a Kafka job: where, and how often one is attempted.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Directory of the checkpoints; default `<first parquet sink>/_checkpoints/<group>`.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// How often (wall clock) a checkpoint is attempted once the sinks have made progress durable.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig { dir: None, interval: default_checkpoint_interval() }
+    }
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(5)
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -471,8 +520,45 @@ impl JobSpec {
                 return Err(SpecError::new("keys.instance_tags", "expected measurement = \"tag\" pairs"));
             }
         }
+        // A released series id may still sit in an open window; the ttl keeps them far apart.
+        let floor = (w.size + w.lateness) * 2;
+        if self.limits.series_ttl < floor {
+            return Err(SpecError::new(
+                "limits.series_ttl",
+                format!("expected at least twice window.size + window.lateness ({})", humantime::format_duration(floor)),
+            ));
+        }
+        if self.limits.max_series == Some(0) {
+            return Err(SpecError::new("limits.max_series", "expected a positive number of series (or leave it out)"));
+        }
+        if self.checkpoint.interval < Duration::from_millis(100) {
+            return Err(SpecError::new("checkpoint.interval", "expected at least 100ms, e.g. \"5s\""));
+        }
+        if matches!(self.source, SourceSpec::Kafka(_)) && self.checkpoint_dir().is_none() {
+            return Err(SpecError::new(
+                "checkpoint.dir",
+                "a Kafka job without a parquet sink needs a directory for its checkpoints",
+            ));
+        }
         Ok(())
     }
+
+    /// Where a Kafka job keeps its checkpoints.
+    pub fn checkpoint_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.checkpoint.dir {
+            return Some(dir.clone());
+        }
+        let SourceSpec::Kafka(k) = &self.source else { return None };
+        self.sinks.iter().find_map(|s| match s {
+            SinkSpec::Parquet(p) => Some(p.path.join("_checkpoints").join(sanitize(&k.group))),
+            _ => None,
+        })
+    }
+}
+
+/// A group name as one path component.
+fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') { c } else { '_' }).collect()
 }
 
 fn path_error(path: String, inner: &dyn std::fmt::Display) -> SpecError {

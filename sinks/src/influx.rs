@@ -87,6 +87,10 @@ struct Shared {
     requests: AtomicU64,
     retries: AtomicU64,
     rejected: AtomicU64,
+    /// The last barrier whose writes have all finished.
+    durable: AtomicU64,
+    /// Lines handed to the writer thread and not yet written (the queue depth).
+    queued: AtomicU64,
     last_error: Mutex<Option<String>>,
     fatal: Mutex<Option<String>>,
     rejects: Mutex<Vec<RejectRow>>,
@@ -118,6 +122,8 @@ impl Precision {
 struct Batch {
     precision: Precision,
     lines: Vec<Vec<u8>>,
+    /// A barrier: every batch sent before it must finish before it is recorded as durable.
+    barrier: Option<u64>,
 }
 
 /// One per worker: encodes points, and writes them through its own thread.
@@ -129,6 +135,7 @@ pub struct InfluxWriter {
     thread: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     last_flush: Instant,
+    barriers: u64,
 }
 
 impl InfluxWriter {
@@ -161,6 +168,7 @@ impl InfluxWriter {
             thread: Some(thread),
             shared,
             last_flush: Instant::now(),
+            barriers: 0,
         })
     }
 
@@ -198,8 +206,9 @@ impl InfluxWriter {
         }
         let tx =
             self.tx.as_ref().ok_or_else(|| SinkError::Influx { what: "send".into(), reason: "finished".into() })?;
+        self.shared.queued.fetch_add(lines.len() as u64, Ordering::Relaxed);
         // Blocks while the writer is busy retrying: backpressure, not unbounded buffering.
-        tx.blocking_send(Batch { precision, lines }).map_err(|_| SinkError::Influx {
+        tx.blocking_send(Batch { precision, lines, barrier: None }).map_err(|_| SinkError::Influx {
             what: format!("writing to {}", self.cfg.url),
             reason: self.shared.fatal.lock().ok().and_then(|f| f.clone()).unwrap_or_else(|| "writer stopped".into()),
         })
@@ -220,6 +229,30 @@ impl InfluxWriter {
         self.send(Precision::Seconds, s)?;
         let n = std::mem::take(&mut self.nanos);
         self.send(Precision::Nanos, n)
+    }
+
+    /// Sends everything buffered and returns a barrier number; see [`InfluxWriter::durable`].
+    pub fn barrier(&mut self) -> Result<u64, SinkError> {
+        self.flush()?;
+        self.barriers += 1;
+        let tx =
+            self.tx.as_ref().ok_or_else(|| SinkError::Influx { what: "send".into(), reason: "finished".into() })?;
+        let barrier = Batch { precision: Precision::Seconds, lines: Vec::new(), barrier: Some(self.barriers) };
+        tx.blocking_send(barrier).map_err(|_| SinkError::Influx {
+            what: format!("writing to {}", self.cfg.url),
+            reason: "writer stopped".into(),
+        })?;
+        Ok(self.barriers)
+    }
+
+    /// The last barrier whose points InfluxDB has all accepted (or refused, into rejects).
+    pub fn durable(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    /// Lines handed to the writer thread and not yet written.
+    pub fn queued_lines(&self) -> u64 {
+        self.shared.queued.load(Ordering::Relaxed)
     }
 
     /// Lines InfluxDB refused (each with InfluxDB's reason), for the other sinks' `rejects`.
@@ -370,12 +403,21 @@ fn writer_thread(cfg: InfluxConfig, mut rx: tokio::sync::mpsc::Receiver<Batch>, 
         let permits = Arc::new(tokio::sync::Semaphore::new(ctx.cfg.max_in_flight.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         while let Some(batch) = rx.recv().await {
+            if let Some(n) = batch.barrier {
+                while tasks.join_next().await.is_some() {}
+                if ctx.shared.fatal.lock().map(|f| f.is_none()).unwrap_or(false) {
+                    ctx.shared.durable.store(n, Ordering::Release);
+                }
+                continue;
+            }
             let Ok(permit) = permits.clone().acquire_owned().await else { break };
             let ctx = ctx.clone();
             tasks.spawn(async move {
+                let n = batch.lines.len() as u64;
                 if let Err(e) = ctx.write(batch.precision, batch.lines).await {
                     ctx.fail(e);
                 }
+                ctx.shared.queued.fetch_sub(n, Ordering::Relaxed);
                 drop(permit);
             });
             while tasks.try_join_next().is_some() {}

@@ -7,16 +7,28 @@
 //! a record batch and hands it to the writer's own thread through a bounded channel: a slow disk
 //! blocks the worker instead of growing memory without limit.
 //!
-//! The writer thread splits each batch by partition and writes one file per partition:
+//! Window aggregates are written at once, one file per window and worker, under a name that
+//! depends only on the window and the worker, so a window computed again (after a restart) replaces
+//! its file instead of adding a second one:
+//!
+//! ```text
+//! <lake>/aggregates/date=YYYY-MM-DD/hour=HH/part-{window_start_ms}-w{worker:03}of{workers:03}.parquet
+//! ```
+//!
+//! Late values and rejects are buffered and split by partition hour, one file per flush:
 //!
 //! ```text
 //! <lake>/<table>/date=YYYY-MM-DD/hour=HH/part-w{worker:03}-{run}-{first_ms}-{seq:06}.parquet
 //! ```
 //!
 //! where `run` is the writer's start time (ms) and `first_ms` the earliest partition time in the
-//! file, so names never collide between workers, flushes or runs. A file is written under a hidden
+//! file, so names never collide between workers, flushes or runs (SQL reads these two tables
+//! without repeats of one source record, see [`crate::sql`]). A file is written under a hidden
 //! temporary name that does not end in `.parquet` (`.<name>.tmp`), synced, then renamed: a reader
 //! listing `*.parquet` never sees half a file.
+//!
+//! [`LakeWriter::barrier`] flushes everything and returns a sequence number; once
+//! [`LakeWriter::durable`] reaches it, every row pushed before it is on disk.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -63,6 +75,8 @@ pub struct LakeConfig {
     pub flush_interval: Duration,
     /// Flush a table as soon as this many of its rows are buffered. Default 500 000.
     pub max_buffered_rows: usize,
+    /// How many workers write window files (part of their names). Default 1.
+    pub workers: usize,
 }
 
 impl LakeConfig {
@@ -72,6 +86,7 @@ impl LakeConfig {
             path: path.into(),
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             max_buffered_rows: DEFAULT_MAX_BUFFERED_ROWS,
+            workers: 1,
         }
     }
 }
@@ -102,6 +117,8 @@ struct Shared {
     files: AtomicU64,
     rows: AtomicU64,
     bytes: AtomicU64,
+    /// The last barrier the writer thread passed.
+    durable: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -131,9 +148,10 @@ pub struct LakeWriter {
     late: LateEncoder,
     rejects: RejectsEncoder,
     last_flush: Instant,
-    tx: Option<SyncSender<Chunk>>,
+    tx: Option<SyncSender<ToWriter>>,
     thread: Option<JoinHandle<Result<(), SinkError>>>,
     shared: Arc<Shared>,
+    barriers: u64,
 }
 
 impl LakeWriter {
@@ -149,6 +167,7 @@ impl LakeWriter {
         let files = FileWriter {
             lake: cfg.path.clone(),
             worker,
+            workers: cfg.workers.max(1),
             run_ms,
             seq: 0,
             props: writer_properties(),
@@ -168,6 +187,7 @@ impl LakeWriter {
             tx: Some(tx),
             thread: Some(thread),
             shared,
+            barriers: 0,
         })
     }
 
@@ -175,8 +195,9 @@ impl LakeWriter {
     pub fn push(&mut self, item: SinkItem) -> Result<(), SinkError> {
         let (table, buffered) = match &item {
             SinkItem::Aggregates(batch) => {
+                // A window is one file of its own, written at once.
                 self.aggregates.push(batch);
-                (Table::Aggregates, self.aggregates.len())
+                return self.send_window(batch.window_start);
             }
             SinkItem::Late(rows) => {
                 rows.iter().for_each(|row| self.late.push(row));
@@ -210,6 +231,20 @@ impl LakeWriter {
         Ok(())
     }
 
+    /// Flushes everything and returns a barrier number; see [`LakeWriter::durable`].
+    pub fn barrier(&mut self) -> Result<u64, SinkError> {
+        self.flush()?;
+        self.barriers += 1;
+        let Some(tx) = &self.tx else { return Err(self.stopped()) };
+        tx.send(ToWriter::Barrier(self.barriers)).map_err(|_| self.stopped())?;
+        Ok(self.barriers)
+    }
+
+    /// The last barrier whose rows are all on disk.
+    pub fn durable(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
     /// Rows buffered and not yet handed to the writer thread.
     pub fn buffered_rows(&self) -> usize {
         self.aggregates.len() + self.late.len() + self.rejects.len()
@@ -238,7 +273,15 @@ impl LakeWriter {
         };
         let Some(chunk) = chunk else { return Ok(()) };
         let Some(tx) = &self.tx else { return Err(self.stopped()) };
-        tx.send(chunk).map_err(|_| self.stopped())
+        tx.send(ToWriter::Chunk(chunk)).map_err(|_| self.stopped())
+    }
+
+    /// Sends the window just encoded as its own file.
+    fn send_window(&mut self, window_start: i64) -> Result<(), SinkError> {
+        let Some(mut chunk) = self.aggregates.finish()? else { return Ok(()) };
+        chunk.window = Some(window_start);
+        let Some(tx) = &self.tx else { return Err(self.stopped()) };
+        tx.send(ToWriter::Chunk(chunk)).map_err(|_| self.stopped())
     }
 
     /// Closes the channel and joins the thread, returning the thread's result.
@@ -281,6 +324,15 @@ struct Chunk {
     table: Table,
     batch: RecordBatch,
     part_ns: Vec<i64>,
+    /// The window start (ns) of a window's aggregates: the file is named after it.
+    window: Option<i64>,
+}
+
+/// What the writer thread is asked to do.
+enum ToWriter {
+    Chunk(Chunk),
+    /// Everything sent before is written: record this barrier as durable.
+    Barrier(u64),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -360,7 +412,7 @@ fn chunk(table: Table, columns: Vec<ArrayRef>, part_ns: &mut Vec<i64>) -> Result
     let schema: SchemaRef = table.schema();
     let batch =
         RecordBatch::try_new(schema, columns).map_err(|e| SinkError::Encode { table: table.name(), source: e })?;
-    Ok(Some(Chunk { table, batch, part_ns: std::mem::take(part_ns) }))
+    Ok(Some(Chunk { table, batch, part_ns: std::mem::take(part_ns), window: None }))
 }
 
 struct AggregatesEncoder {
@@ -526,6 +578,7 @@ impl RejectsEncoder {
 struct FileWriter {
     lake: PathBuf,
     worker: usize,
+    workers: usize,
     run_ms: i64,
     seq: u64,
     props: WriterProperties,
@@ -536,8 +589,16 @@ struct FileWriter {
 impl FileWriter {
     /// Writes chunks until the channel closes; stops at the first error, which closes the channel
     /// for the sender too.
-    fn run(mut self, rx: Receiver<Chunk>) -> Result<(), SinkError> {
-        for chunk in rx {
+    fn run(mut self, rx: Receiver<ToWriter>) -> Result<(), SinkError> {
+        for msg in rx {
+            let chunk = match msg {
+                ToWriter::Chunk(chunk) => chunk,
+                ToWriter::Barrier(n) => {
+                    // Files are synced and renamed one by one: all before this are durable.
+                    self.shared.durable.store(n, Ordering::Release);
+                    continue;
+                }
+            };
             if let Err(error) = self.write_chunk(chunk) {
                 self.shared.set_error(&error);
                 return Err(error);
@@ -547,7 +608,10 @@ impl FileWriter {
     }
 
     fn write_chunk(&mut self, chunk: Chunk) -> Result<(), SinkError> {
-        let Chunk { table, batch, part_ns } = chunk;
+        let Chunk { table, batch, part_ns, window } = chunk;
+        if let Some(start) = window {
+            return self.write_window(table, start, &batch);
+        }
         let hour = |ns: &i64| ns.div_euclid(NANOS_PER_HOUR);
         let first_hour = part_ns.first().map(hour).unwrap_or_default();
         if part_ns.iter().all(|ns| hour(ns) == first_hour) {
@@ -595,6 +659,44 @@ impl FileWriter {
                 return Err(error);
             }
         };
+        sync_dir(&dir)?;
+        self.shared.files.fetch_add(1, Ordering::Relaxed);
+        self.shared.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes one window's rows of this worker under its fixed name, replacing an earlier
+    /// version, and removes versions written by a different number of workers.
+    fn write_window(&mut self, table: Table, start_ns: i64, batch: &RecordBatch) -> Result<(), SinkError> {
+        let dir = self.partition_dir(table, start_ns.div_euclid(NANOS_PER_HOUR))?;
+        let prefix = format!("part-{}-w", start_ns.div_euclid(NANOS_PER_MILLI));
+        let suffix = format!("of{:03}.parquet", self.workers);
+        let name = format!("{prefix}{:03}{suffix}", self.worker);
+        let path = dir.join(&name);
+        let tmp = dir.join(format!(".{name}.tmp-{}", self.run_ms));
+        let bytes = match write_parquet(&tmp, batch, self.props.clone())
+            .and_then(|bytes| fs::rename(&tmp, &path).map(|_| bytes).map_err(|e| SinkError::io("rename into place", &tmp, e)))
+        {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(error);
+            }
+        };
+        let entries = fs::read_dir(&dir).map_err(|e| SinkError::io("list", &dir, e))?;
+        for entry in entries.flatten() {
+            let other = entry.file_name();
+            let other = other.to_string_lossy();
+            if other.starts_with(&prefix) && other.ends_with(".parquet") && !other.ends_with(&suffix) {
+                // Another worker of this run may have removed it first.
+                if let Err(e) = fs::remove_file(entry.path()) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(SinkError::io("remove the stale window file", entry.path(), e));
+                    }
+                }
+            }
+        }
         sync_dir(&dir)?;
         self.shared.files.fetch_add(1, Ordering::Relaxed);
         self.shared.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);

@@ -1,7 +1,9 @@
 //! Read-only SQL over the lake, with DataFusion.
 //!
 //! [`lake_context`] registers every table of [`crate::tables`] as a listing table over
-//! `<lake>/<table>/` with the Hive partition columns `date` and `hour`; [`query`] runs one
+//! `<lake>/<table>/` with the Hive partition columns `date` and `hour`. `late` and `rejects`
+//! are read through a view that keeps one row per source record (a job resumed after a crash
+//! may write one of those rows again; window aggregates are replaced in place instead); [`query`] runs one
 //! statement and refuses anything that would change state (DDL, DML, `COPY`, `SET`, …);
 //! [`format_batches`] renders results as a text table, CSV or JSON.
 //!
@@ -27,7 +29,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
+use datafusion::logical_expr::{ident, DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
@@ -57,13 +59,46 @@ pub async fn lake_context(path: &Path) -> Result<SessionContext, SinkError> {
                 .with_file_extension(".parquet")
                 .with_table_partition_cols(partition_cols);
             let config = ListingTableConfig::new(url).with_listing_options(options).with_schema(table.schema());
-            Arc::new(ListingTable::try_new(config).map_err(register_err)?)
+            let files: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(config).map_err(register_err)?);
+            match record_key(table) {
+                Some(key) => {
+                    let all = table.sql_schema().fields().iter().map(|f| ident(f.name())).collect();
+                    let on = key.iter().map(|c| ident(*c)).collect();
+                    ctx.read_table(files).and_then(|df| df.distinct_on(on, all, None)).map_err(register_err)?.into_view()
+                }
+                None => files,
+            }
         } else {
             Arc::new(EmptyTable::new(table.sql_schema()))
         };
         ctx.register_table(table.name(), provider).map_err(register_err)?;
     }
     Ok(ctx)
+}
+
+/// The columns that identify one row of a table written once per source record.
+fn record_key(table: Table) -> Option<&'static [&'static str]> {
+    match table {
+        Table::Aggregates => None,
+        Table::Late => Some(&[
+            "source",
+            "partition",
+            "position",
+            "ns_id",
+            "mcis_id",
+            "vm_id",
+            "csp_type",
+            "os_type",
+            "measurement",
+            "instance",
+            "field",
+            "timestamp",
+            "value",
+            "date",
+            "hour",
+        ]),
+        Table::Rejects => Some(&["source", "partition", "position", "reason", "payload"]),
+    }
 }
 
 /// DataFusion addresses local directories by URL-like strings: refuse what it would misread.

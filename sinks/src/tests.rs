@@ -143,12 +143,15 @@ async fn two_workers_round_trip_through_sql() {
     assert_eq!((s0.files, s1.files), (3, 4));
     assert!(s0.bytes > 0 && s0.last_error.is_none());
 
-    // Files: only `*.parquet`, in `date=/hour=` directories, one name per worker/flush.
+    // Files: only `*.parquet`, in `date=/hour=` directories; a window's file is named after the
+    // window and the worker, other files after the worker and the flush.
     let files = files_under(lake);
     assert_eq!(files.len() as u64, s0.files + s1.files);
     for file in &files {
         let name = file.file_name().and_then(|n| n.to_str()).expect("file name");
-        assert!(name.ends_with(".parquet") && name.starts_with("part-w00"), "unexpected file {}", file.display());
+        let window_file = name.starts_with("part-17") && (name.ends_with("-w000of001.parquet") || name.ends_with("-w001of001.parquet"));
+        let flush_file = name.starts_with("part-w00") && name.ends_with(".parquet");
+        assert!(window_file || flush_file, "unexpected file {}", file.display());
         let hour = file.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).expect("hour dir");
         assert!(hour.starts_with("hour="), "{}", file.display());
     }
@@ -443,4 +446,51 @@ fn pushing_after_the_writer_stopped_fails() {
     assert!(err.to_string().contains("create directory"), "{err}");
     assert!(writer.stats().last_error.is_some());
     assert!(writer.finish().is_err());
+}
+
+#[tokio::test]
+async fn a_window_written_again_replaces_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let k = key("vm-1", "cpu", "cpu-total", "usage_idle");
+    // A first run with two workers wrote a partial window, then died.
+    let two = LakeConfig { workers: 2, ..LakeConfig::new(lake) };
+    let mut w = LakeWriter::new(two.clone(), 0).expect("writer");
+    w.push(window(T0, vec![(k.clone(), agg(T0, &[1.0]))])).expect("push");
+    w.finish().expect("finish");
+    let mut w = LakeWriter::new(two, 1).expect("writer");
+    w.push(window(T0, vec![(key("vm-2", "cpu", "cpu-total", "usage_idle"), agg(T0, &[2.0]))])).expect("push");
+    w.finish().expect("finish");
+    // The same window computed again, by one worker: it replaces both files.
+    let one = LakeConfig::new(lake);
+    for _ in 0..2 {
+        let mut w = LakeWriter::new(one.clone(), 0).expect("writer");
+        let n = w.barrier().expect("barrier");
+        w.push(window(T0, vec![(k.clone(), agg(T0, &[1.0, 3.0]))])).expect("push");
+        w.push(window(T0, vec![(key("vm-2", "cpu", "cpu-total", "usage_idle"), agg(T0, &[2.0]))]))
+            .expect("push");
+        let m = w.barrier().expect("barrier");
+        assert!(m > n);
+        let stats = w.finish().expect("finish");
+        assert_eq!(stats.files, 2);
+    }
+    let files = files_under(lake);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let batches = rows(lake, "SELECT vm_id, count FROM aggregates ORDER BY vm_id").await;
+    assert_eq!(num_rows(&batches), 1, "the last write of the window holds only vm-2");
+}
+
+#[tokio::test]
+async fn late_and_rejects_are_read_once_per_source_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    for _ in 0..2 {
+        let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+        w.push(SinkItem::Late(vec![late("vm-1", T_LATE, 55.5, 7), late("vm-1", T_LATE + SEC, 56.5, 8)]))
+            .expect("push");
+        w.push(SinkItem::Rejects(vec![RejectRow::new(origin(0, 41), "bad", b"{x", T0)])).expect("push");
+        w.finish().expect("finish");
+    }
+    assert_eq!(num_rows(&rows(lake, "SELECT * FROM late").await), 2);
+    assert_eq!(num_rows(&rows(lake, "SELECT * FROM rejects").await), 1);
 }

@@ -69,6 +69,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         }),
         window: WindowConfig::default(),
         keys: KeysConfig::default(),
+        limits: Default::default(),
+        checkpoint: Default::default(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: args.lake.clone(), flush_interval: Duration::from_secs(5) })],
     };
     let control = Arc::new(JobControl::new());
@@ -105,6 +107,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         seed: 1,
         skew: Duration::ZERO,
         reorder: 0.0,
+        churn: 0.0,
         start: None,
         fast: false,
         report: None,

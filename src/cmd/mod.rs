@@ -56,7 +56,18 @@ pub fn print_report(report: &pipelines::JobReport, metrics: &JobMetrics) {
     println!("records in:  {} messages ({} values)", report.messages, report.values);
     println!("rejects:     {}", report.rejects);
     println!("late:        {}", report.late);
+    if report.replayed > 0 {
+        println!("replayed:    {} values read again after a restart, already written", report.replayed);
+    }
     println!("windows out: {} ({} aggregate rows, {} files)", report.windows, report.rows, report.files);
+    if let Some(c) = &report.checkpoint {
+        println!(
+            "checkpoint:  epoch {}, windows before {} written, {} partitions committed",
+            c.epoch,
+            pipelines::metrics::format_ts(c.frontier),
+            report.committed_partitions
+        );
+    }
     println!("elapsed:     {:.3} s", report.elapsed.as_secs_f64());
     println!("throughput:  {:.0} messages/s", report.messages_per_sec());
     if let Ok(Some(e)) = metrics.last_error.lock().map(|e| e.clone()) {

@@ -36,6 +36,8 @@ fn kafka_to_lake_counts_every_message_once() {
         }),
         window: WindowConfig::default(),
         keys: KeysConfig::default(),
+        limits: Default::default(),
+        checkpoint: Default::default(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: lake.clone(), flush_interval: Duration::from_secs(10) })],
     };
     let metrics = Arc::new(JobMetrics::new(2));

@@ -75,7 +75,8 @@ impl Reader for FileReader {
                     // A truncated gzip stream or an I/O error ends this file; what was read stays,
                     // and the error is kept as a reject so it is seen.
                     self.origin.position = self.line_no as i64 + 1;
-                    ingest.reject(&self.origin, format!("read error, rest of file skipped: {e}"), b"", arrival);
+                    let reason = format!("read error, rest of file skipped: {e}");
+                    ingest.reject(&self.origin, Some(slot), None, reason, b"", arrival);
                     self.done = true;
                     watermarks.finish(slot);
                     return ReadStatus::Done;

@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use operators::checkpoint::PartitionCheckpoint;
 use operators::ingest::Ingest;
 use operators::model::{ObservationBatch, SinkItem};
 use operators::time::Watermarks;
@@ -21,9 +22,11 @@ use operators::window::Time;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, Stream};
 
-use crate::metrics::JobMetrics;
+use crate::checkpoint::{Coordinator, FinalContribution, FinalPartition};
+use crate::metrics::{JobMetrics, PartitionStatus};
 
 /// What a call to [`Reader::read`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,10 +39,125 @@ pub enum ReadStatus {
     Done,
 }
 
+/// Where a reader is in one of its partitions.
+#[derive(Clone, Debug)]
+pub struct PartitionPosition {
+    pub source: Arc<str>,
+    pub partition: i32,
+    /// The partition's watermark slot.
+    pub slot: usize,
+    /// The offset after the last record read (or where reading resumes), if known.
+    pub next: Option<i64>,
+    /// Records the broker holds beyond `next` (consumer lag), when known.
+    pub lag: Option<i64>,
+}
+
 /// Reads messages from a worker's share of a source.
 pub trait Reader {
     /// Reads up to `budget` messages into `ingest`. Partitions register with `watermarks`.
     fn read(&mut self, ingest: &mut Ingest, watermarks: &mut Watermarks, budget: usize, now: Instant) -> ReadStatus;
+
+    /// The partitions read so far (replayable sources only).
+    fn positions(&self) -> Vec<PartitionPosition> {
+        Vec::new()
+    }
+
+    /// Records a checkpoint's offsets where the source keeps them (a consumer group).
+    fn commit(&mut self, _partitions: &[PartitionCheckpoint]) {}
+}
+
+/// What the source operator needs to take part in checkpoints.
+pub struct SourceCheckpoints {
+    pub coordinator: Arc<Coordinator>,
+    /// The durable frontier: the sinks' output.
+    pub probe: ProbeHandle<Time>,
+    /// This worker's index within its process.
+    pub local_index: usize,
+}
+
+/// How often the source publishes its partitions' state to the job's metrics.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the source looks at the durable frontier.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(50);
+
+struct CheckpointState {
+    cp: SourceCheckpoints,
+    next_check: Instant,
+    contributed: u64,
+    committed: u64,
+}
+
+impl CheckpointState {
+    /// Takes part in checkpoints; returns the epoch and frontier of a checkpoint newly written.
+    fn step<R: Reader>(
+        &mut self,
+        reader: &mut R,
+        ingest: &mut Ingest,
+        watermarks: &Watermarks,
+        now: Instant,
+    ) -> Option<(u64, i64)> {
+        if now < self.next_check {
+            return None;
+        }
+        self.next_check = now + CHECKPOINT_POLL;
+        let frontier = self.cp.probe.with_frontier(|f| f.iter().min().copied())?;
+        let frontier = frontier.min(i64::MAX as u64) as i64;
+        let coordinator = &self.cp.coordinator;
+        if self.cp.local_index == 0 {
+            coordinator.maybe_announce(frontier, now);
+        }
+        if let Some((epoch, at)) = coordinator.announced() {
+            if epoch > self.contributed && frontier >= at {
+                let parts = partition_checkpoints(reader, ingest, watermarks, at);
+                if let Err(e) = coordinator.contribute(self.cp.local_index, epoch, parts) {
+                    eprintln!("dragonflow: {e}");
+                }
+                self.contributed = epoch;
+            }
+        }
+        let written = coordinator.written_epoch();
+        if written > self.committed {
+            self.committed = written;
+            if let Some(c) = coordinator.written() {
+                reader.commit(&c.partitions);
+                return Some((c.epoch, c.frontier));
+            }
+        }
+        None
+    }
+
+    fn finish<R: Reader>(&mut self, reader: &R, ingest: &mut Ingest, watermarks: &Watermarks) {
+        let mut partitions = Vec::new();
+        for p in reader.positions() {
+            let (Some(next), Some(tracker)) = (p.next, ingest.tracker_snapshot(p.slot)) else { continue };
+            partitions.push(FinalPartition {
+                source: p.source.to_string(),
+                partition: p.partition,
+                next,
+                max_ts: watermarks.max_event_time(p.slot),
+                tracker,
+            });
+        }
+        let closed_before = watermarks.lowest_partition_watermark().map(|w| w.saturating_add(1));
+        self.cp.coordinator.finish(self.cp.local_index, FinalContribution { closed_before, partitions });
+    }
+}
+
+fn partition_checkpoints<R: Reader>(
+    reader: &R,
+    ingest: &mut Ingest,
+    watermarks: &Watermarks,
+    frontier: i64,
+) -> Vec<PartitionCheckpoint> {
+    reader
+        .positions()
+        .into_iter()
+        .filter_map(|p| {
+            let next = p.next?;
+            ingest.checkpoint(p.slot, &p.source, p.partition, frontier, next, watermarks.max_event_time(p.slot))
+        })
+        .collect()
 }
 
 /// Messages read per activation before yielding to other operators.
@@ -60,7 +178,14 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
     mut ingest: Ingest,
     mut watermarks: Watermarks,
     metrics: Arc<JobMetrics>,
+    checkpoints: Option<SourceCheckpoints>,
 ) -> (Stream<'scope, Time, Vec<ObservationBatch>>, Stream<'scope, Time, Vec<SinkItem>>) {
+    if checkpoints.is_some() {
+        ingest.track();
+    }
+    let mut checkpoints =
+        checkpoints.map(|cp| CheckpointState { cp, next_check: Instant::now(), contributed: 0, committed: 0 });
+    let mut next_status = Instant::now();
     let mut builder = OperatorBuilder::new(name.to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
@@ -79,15 +204,17 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
             let Some((obs_cap, side_cap)) = caps.as_mut() else { return };
             let now = Instant::now();
             let status = reader.read(&mut ingest, &mut watermarks, BUDGET, now);
-            let out = ingest.take();
+            let out = ingest.take_at(*side_cap.time());
             metrics.messages.fetch_add(out.messages, Ordering::Relaxed);
             metrics.values.fetch_add(out.values, Ordering::Relaxed);
             metrics.late.fetch_add(out.late.len() as u64, Ordering::Relaxed);
+            metrics.replayed.fetch_add(out.replayed, Ordering::Relaxed);
             metrics.rejects.fetch_add(out.rejects.len() as u64, Ordering::Relaxed);
             {
                 let mut obs = obs_out.activate();
                 for (end, observations) in out.windows {
                     let time = end.max(0) as Time;
+
                     // Non-late observations end after the published watermark: this cannot fail.
                     let cap = obs_cap.delayed(&time.max(*obs_cap.time()));
                     obs.session(&cap).give(ObservationBatch { window_end: end, observations });
@@ -109,6 +236,25 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
             if next > *obs_cap.time() {
                 obs_cap.downgrade(&next);
                 side_cap.downgrade(&next);
+            }
+            if let Some(cp) = checkpoints.as_mut() {
+                if let Some((epoch, frontier)) = cp.step(&mut reader, &mut ingest, &watermarks, now) {
+                    metrics.set_checkpoint(epoch, frontier);
+                }
+                if status == ReadStatus::Done {
+                    cp.finish(&reader, &mut ingest, &watermarks);
+                }
+            }
+            if now >= next_status || status == ReadStatus::Done {
+                next_status = now + STATUS_EVERY;
+                metrics.set_series(worker, ingest.live_series());
+                metrics.set_partitions(reader.positions().into_iter().map(|p| PartitionStatus {
+                    source: p.source.to_string(),
+                    partition: p.partition,
+                    next: p.next,
+                    lag: p.lag,
+                    watermark: watermarks.partition_watermark(p.slot),
+                }));
             }
             match status {
                 ReadStatus::Done => {
