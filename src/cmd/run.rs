@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use pipelines::{run_job, JobControl, JobMetrics, JobSpec, RunOptions};
 
 use super::{print_report, StatusPrinter};
@@ -27,6 +27,15 @@ pub struct RunArgs {
     /// Seconds between status lines on stderr (0 = none).
     #[arg(long, default_value_t = 5)]
     pub status_every: u64,
+    /// Status lines as text for people, or one JSON object per line for log collectors.
+    #[arg(long, value_enum, default_value = "text")]
+    pub status_format: StatusFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -37,7 +46,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     install_signal_handler(control.clone())?;
     let _status = (args.status_every > 0).then(|| {
         let m = metrics.clone();
-        StatusPrinter::start(Duration::from_secs(args.status_every), move || m.status_line())
+        let format = args.status_format;
+        StatusPrinter::start(Duration::from_secs(args.status_every), move || match format {
+            StatusFormat::Text => m.status_line(),
+            StatusFormat::Json => {
+                m.record(std::time::Instant::now());
+                serde_json::to_string(&m.snapshot()).unwrap_or_default()
+            }
+        })
     });
     let report = run_job(&spec, &options, control, metrics.clone()).context("job failed")?;
     drop(_status);

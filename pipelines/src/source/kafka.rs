@@ -154,6 +154,8 @@ pub struct KafkaReader {
     last_message: Instant,
     /// The checkpoint this job resumes from, if any.
     resume: Option<Arc<Checkpoint>>,
+    /// Records the broker delivered a second time, passed over.
+    redelivered: u64,
 }
 
 /// When finishing at the end, the partitions must also have been quiet this long: some brokers
@@ -202,6 +204,7 @@ impl KafkaReader {
             errors: 0,
             last_message: Instant::now(),
             resume,
+            redelivered: 0,
         })
     }
 
@@ -449,6 +452,18 @@ impl Reader for KafkaReader {
                             (ResumeStep::Rewound, None) => continue,
                             (ResumeStep::Read, _) => p.resume = None,
                         }
+                    }
+                    // A record delivered again (some brokers answer a fetch at the end of the log
+                    // with records already served) is never read twice.
+                    if p.next.is_some_and(|n| msg.offset() < n) {
+                        if self.redelivered == 0 {
+                            eprintln!(
+                                "dragonflow: kafka {}/{}: the broker delivered offset {} again (expected {:?}); records delivered twice are passed over",
+                                p.topic, p.partition, msg.offset(), p.next
+                            );
+                        }
+                        self.redelivered += 1;
+                        continue;
                     }
                     p.next = Some(msg.offset() + 1);
                     if !Arc::ptr_eq(&origin.source, &p.topic) {
