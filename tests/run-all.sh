@@ -91,4 +91,4 @@ export DRAGONFLOW_TEST_INFLUX="http://127.0.0.1:$influx_port"
 # --- Tests.
 log "cargo test --workspace (Kafka at $DRAGONFLOW_TEST_KAFKA, InfluxDB at $DRAGONFLOW_TEST_INFLUX)"
 export RUST_BACKTRACE=1
-cargo test --workspace --locked
+cargo test --workspace --locked "$@"

@@ -3,7 +3,11 @@
 //!
 //! A [`Fleet`] is a pure function of its [`FleetConfig`] and the event times it is ticked at: it
 //! reads no clock and draws all randomness from seeded ChaCha streams, so the same seed and
-//! ticks give the same bytes. Clock skew and reordering are part of that determinism too.
+//! ticks give the same bytes. Clock skew, reordering and churn are part of that determinism too.
+//!
+//! With churn, a share of the agents is retired every minute of event time and replaced by new
+//! VMs (`vm-{n}` continuing the count), so the fleet stays N agents while the number of agents
+//! ever seen grows, as in a cloud where VMs come and go.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -47,12 +51,16 @@ pub struct FleetConfig {
     pub skew_ns: i64,
     /// Probability that a message is held back and sent one tick later (reordering within lateness). 0.0 = none.
     pub reorder: f64,
+    /// Share of the agents replaced by new ones every minute of event time (counted from the
+    /// first tick), 0.0–1.0: `round(churn × agents)` agents are retired and as many new VMs
+    /// take their places. 0.0 = the same agents throughout.
+    pub churn: f64,
 }
 
 impl Default for FleetConfig {
-    /// 100 agents, seed 1, Telegraf JSON, no skew, no reordering.
+    /// 100 agents, seed 1, Telegraf JSON, no skew, no reordering, no churn.
     fn default() -> Self {
-        FleetConfig { agents: 100, seed: 1, format: Format::Json, skew_ns: 0, reorder: 0.0 }
+        FleetConfig { agents: 100, seed: 1, format: Format::Json, skew_ns: 0, reorder: 0.0, churn: 0.0 }
     }
 }
 
@@ -110,6 +118,15 @@ pub struct Fleet {
     rng: ChaCha8Rng,
     /// Reordering decisions, on a stream of their own so that they do not change the metrics.
     reorder_rng: ChaCha8Rng,
+    /// Who is retired and who replaces them, on a stream of its own.
+    churn_rng: ChaCha8Rng,
+    /// MCIS per namespace, for new agents.
+    mcis_per_ns: Vec<usize>,
+    /// Agents created so far: the next new VM is `vm-{created}`.
+    created: usize,
+    /// Event time of the first tick, and the minutes after it whose churn has been applied.
+    first_ts: Option<i64>,
+    churned_minutes: i64,
     last_ts: Option<i64>,
     /// Messages held back at the last tick, sent at the next.
     held: Vec<Message>,
@@ -120,6 +137,12 @@ pub struct Fleet {
 const STREAM_TOPOLOGY: u64 = 0;
 const STREAM_DYNAMICS: u64 = 1;
 const STREAM_REORDER: u64 = 2;
+const STREAM_CHURN: u64 = 3;
+
+/// One minute of event time, ns.
+const MINUTE_NS: i64 = 60_000_000_000;
+/// Most minutes of churn applied at one tick (a longer jump replaces the fleet many times over).
+const MAX_CHURN_ROUNDS: i64 = 60;
 
 /// A random stream of `seed`.
 fn stream(seed: u64, stream: u64) -> ChaCha8Rng {
@@ -142,12 +165,13 @@ fn weighted<T: Copy>(rng: &mut ChaCha8Rng, choices: &[(T, u32)]) -> T {
 }
 
 /// The agents of a fleet of `n`: `max(1, n/100)` namespaces (at least 2 from 10 agents on) of
-/// 2–5 MCIS each, every CSP present once there are 8 agents, about 80 % Linux.
-fn topology(n: usize, rng: &mut ChaCha8Rng) -> Vec<AgentInfo> {
+/// 2–5 MCIS each, every CSP present once there are 8 agents, about 80 % Linux. Also returns the
+/// number of MCIS of each namespace.
+fn topology(n: usize, rng: &mut ChaCha8Rng) -> (Vec<AgentInfo>, Vec<usize>) {
     let namespaces = if n >= 10 { (n / 100).max(2) } else { 1 };
     let mcis_per_ns: Vec<usize> = (0..namespaces).map(|_| rng.random_range(2..=5)).collect();
     let mut seen_in_ns = vec![0usize; namespaces];
-    (0..n)
+    let agents = (0..n)
         .map(|i| {
             let ns = i % namespaces;
             let m = mcis_per_ns[ns];
@@ -155,31 +179,39 @@ fn topology(n: usize, rng: &mut ChaCha8Rng) -> Vec<AgentInfo> {
             let mcis = if seen_in_ns[ns] < m { seen_in_ns[ns] } else { rng.random_range(0..m) };
             seen_in_ns[ns] += 1;
             let csp = if i < CSPS.len() { CSPS[i].0 } else { weighted(rng, &CSPS) };
-            let os = if rng.random_bool(0.8) { "linux" } else { "windows" };
-            let vcpu = weighted(rng, &VCPUS);
-            let memory_gib = vcpu * [2, 4, 8][rng.random_range(0..3)];
-            AgentInfo {
-                ns_id: format!("ns-{ns}"),
-                mcis_id: format!("mcis-{ns}-{mcis}"),
-                vm_id: format!("vm-{i}"),
-                csp_type: csp.to_string(),
-                os_type: os.to_string(),
-                vcpu,
-                memory_gib,
-            }
+            vm(i, ns, mcis, csp, rng)
         })
-        .collect()
+        .collect();
+    (agents, mcis_per_ns)
+}
+
+/// Agent `vm-{i}` in MCIS `mcis` of namespace `ns` on `csp`, with a random OS and VM size.
+fn vm(i: usize, ns: usize, mcis: usize, csp: &str, rng: &mut ChaCha8Rng) -> AgentInfo {
+    let os = if rng.random_bool(0.8) { "linux" } else { "windows" };
+    let vcpu = weighted(rng, &VCPUS);
+    let memory_gib = vcpu * [2, 4, 8][rng.random_range(0..3)];
+    AgentInfo {
+        ns_id: format!("ns-{ns}"),
+        mcis_id: format!("mcis-{ns}-{mcis}"),
+        vm_id: format!("vm-{i}"),
+        csp_type: csp.to_string(),
+        os_type: os.to_string(),
+        vcpu,
+        memory_gib,
+    }
 }
 
 impl Fleet {
-    /// Builds the fleet's agents and their initial state. A `reorder` outside `[0, 1]` is
-    /// clamped, a negative `skew_ns` counts as its absolute value.
+    /// Builds the fleet's agents and their initial state. A `reorder` or `churn` outside `[0, 1]`
+    /// is clamped, a negative `skew_ns` counts as its absolute value.
     pub fn new(cfg: FleetConfig) -> Fleet {
         let mut cfg = cfg;
-        cfg.reorder = if cfg.reorder.is_nan() { 0.0 } else { cfg.reorder.clamp(0.0, 1.0) };
+        let share = |x: f64| if x.is_nan() { 0.0 } else { x.clamp(0.0, 1.0) };
+        cfg.reorder = share(cfg.reorder);
+        cfg.churn = share(cfg.churn);
         cfg.skew_ns = cfg.skew_ns.saturating_abs();
         let mut topo = stream(cfg.seed, STREAM_TOPOLOGY);
-        let agents = topology(cfg.agents, &mut topo);
+        let (agents, mcis_per_ns) = topology(cfg.agents, &mut topo);
         let offsets = agents
             .iter()
             .map(|_| if cfg.skew_ns > 0 { topo.random_range(-cfg.skew_ns..=cfg.skew_ns) } else { 0 })
@@ -194,6 +226,11 @@ impl Fleet {
         Fleet {
             encoder: Encoder::new(cfg.format, &INSTANCE_TAGS),
             reorder_rng: stream(cfg.seed, STREAM_REORDER),
+            churn_rng: stream(cfg.seed, STREAM_CHURN),
+            mcis_per_ns,
+            created: agents.len(),
+            first_ts: None,
+            churned_minutes: 0,
             cfg,
             agents,
             keys,
@@ -207,14 +244,20 @@ impl Fleet {
         }
     }
 
-    /// The configuration (with `reorder` and `skew_ns` as applied).
+    /// The configuration (with `reorder`, `churn` and `skew_ns` as applied).
     pub fn config(&self) -> &FleetConfig {
         &self.cfg
     }
 
-    /// The agents, in the order their messages are emitted.
+    /// The agents live now, in the order their messages are emitted (a new agent takes the place
+    /// of the one it replaced).
     pub fn agents(&self) -> &[AgentInfo] {
         &self.agents
+    }
+
+    /// Agents that have existed so far, live or retired (the fleet size without churn).
+    pub fn agents_ever(&self) -> usize {
+        self.created
     }
 
     /// Each agent's fixed clock offset, ns, in the order of [`Fleet::agents`].
@@ -232,8 +275,11 @@ impl Fleet {
     /// back for reordering plus those released from the previous tick (appended after this tick's).
     ///
     /// The metrics move by the time since the previous tick (none at the first tick, and none
-    /// when `ts_ns` does not advance; at most an hour at once).
+    /// when `ts_ns` does not advance; at most an hour at once). With churn, each whole minute
+    /// since the first tick that `ts_ns` reaches first replaces agents (at most 60 minutes' worth
+    /// at once); the new agents send from this tick on.
     pub fn tick(&mut self, ts_ns: i64, out: &mut Vec<Message>) {
+        self.churn(ts_ns);
         let dt = match self.last_ts {
             Some(last) => (ts_ns.saturating_sub(last) as f64 / 1e9).clamp(0.0, 3600.0),
             None => 0.0,
@@ -269,6 +315,43 @@ impl Fleet {
             }
         }
         out.extend(released);
+    }
+
+    /// Applies the churn of the minutes up to `ts_ns`.
+    fn churn(&mut self, ts_ns: i64) {
+        let first = *self.first_ts.get_or_insert(ts_ns);
+        let replaced = (self.cfg.churn * self.agents.len() as f64).round() as usize;
+        if replaced == 0 {
+            return;
+        }
+        let minute = ts_ns.saturating_sub(first).div_euclid(MINUTE_NS);
+        let rounds = (minute - self.churned_minutes).clamp(0, MAX_CHURN_ROUNDS);
+        self.churned_minutes = self.churned_minutes.max(minute);
+        for _ in 0..rounds {
+            let mut slots = rand::seq::index::sample(&mut self.churn_rng, self.agents.len(), replaced).into_vec();
+            slots.sort_unstable();
+            for slot in slots {
+                self.replace(slot);
+            }
+        }
+    }
+
+    /// Retires the agent at `slot` and puts a new VM in its place: the next `vm-{n}`, in a
+    /// namespace, MCIS and cloud drawn as for the initial fleet.
+    fn replace(&mut self, slot: usize) {
+        let rng = &mut self.churn_rng;
+        let i = self.created;
+        self.created += 1;
+        let ns = i % self.mcis_per_ns.len();
+        let mcis = rng.random_range(0..self.mcis_per_ns[ns]);
+        let csp = weighted(rng, &CSPS);
+        let a = vm(i, ns, mcis, csp, rng);
+        self.offsets[slot] =
+            if self.cfg.skew_ns > 0 { rng.random_range(-self.cfg.skew_ns..=self.cfg.skew_ns) } else { 0 };
+        self.states[slot] = AgentState::new(a.os_type == "windows", a.memory_gib, rng);
+        self.keys[slot] = a.key();
+        self.tags[slot] = AgentTagValues::new(self.cfg.format, &a.ns_id, &a.mcis_id, &a.vm_id, &a.csp_type, &a.os_type);
+        self.agents[slot] = a;
     }
 
     /// Messages still held back (reordering) — call at the end so nothing is lost.
@@ -555,6 +638,90 @@ mod tests {
         let small = Fleet::new(cfg(3, 1, Format::Json));
         assert!(small.agents().iter().all(|a| a.ns_id == "ns-0"));
         assert!(Fleet::new(cfg(0, 1, Format::Json)).agents().is_empty());
+    }
+
+    /// The vm id in an agent key `ns/mcis/vm/csp`.
+    fn vm_of(key: &str) -> &str {
+        key.split('/').nth(2).unwrap()
+    }
+
+    #[test]
+    fn churn_replaces_a_share_of_the_agents_every_minute() {
+        let n = 100;
+        let run = |seed: u64| {
+            let mut fleet = Fleet::new(FleetConfig { churn: 0.2, ..cfg(n, seed, Format::Json) });
+            let (mut all, mut out) = (Vec::new(), Vec::new());
+            let mut vms = BTreeSet::new();
+            // 10 minutes of 2 s ticks, both ends: ten minute marks after the first tick.
+            for t in 0..=300 {
+                out.clear();
+                fleet.tick(T0 + t * TICK, &mut out);
+                assert_eq!(out.len(), n * 6, "messages at tick {t}");
+                let live: BTreeSet<&str> = out.iter().map(|m| vm_of(&m.key)).collect();
+                assert_eq!(live.len(), n, "live agents at tick {t}");
+                let want: BTreeSet<&str> = fleet.agents().iter().map(|a| a.vm_id.as_str()).collect();
+                assert_eq!(live, want);
+                vms.extend(live.into_iter().map(String::from));
+                all.append(&mut out);
+            }
+            assert_eq!(fleet.agents_ever(), n * (1 + 2));
+            (vms, all)
+        };
+        let (vms, all) = run(5);
+        assert_eq!(vms.len(), n * (1 + 2), "N × (1 + 0.2 × 10) distinct vm ids");
+        let want: BTreeSet<String> = (0..n * 3).map(|i| format!("vm-{i}")).collect();
+        assert_eq!(vms, want, "new agents continue the vm count");
+        assert_eq!(run(5).1, all, "same seed, same bytes");
+        assert_ne!(run(6).1, all);
+    }
+
+    #[test]
+    fn churn_waits_for_the_minute_and_zero_churn_changes_nothing() {
+        let ids = |churn: f64, ticks: i64| {
+            let mut fleet = Fleet::new(FleetConfig { churn, ..cfg(50, 2, Format::Influx) });
+            let mut out = Vec::new();
+            for t in 0..ticks {
+                fleet.tick(T0 + t * TICK, &mut out);
+            }
+            (out, fleet.agents_ever())
+        };
+        // 29 ticks span 56 s: no minute mark yet, so churn has not changed a byte.
+        assert_eq!(ids(0.5, 29), ids(0.0, 29));
+        let (with, ever) = ids(0.5, 31);
+        assert_eq!(ever, 75);
+        assert_ne!(with, ids(0.0, 31).0);
+        assert_eq!(ids(0.0, 31).1, 50);
+        // A leap of hours applies at most an hour of churn.
+        let mut fleet = Fleet::new(FleetConfig { churn: 0.1, ..cfg(50, 2, Format::Influx) });
+        let mut out = Vec::new();
+        fleet.tick(T0, &mut out);
+        fleet.tick(T0 + 10 * 3600 * 1_000_000_000, &mut out);
+        assert_eq!(fleet.agents_ever(), 50 + 60 * 5);
+    }
+
+    #[test]
+    fn new_agents_are_drawn_like_the_first_ones() {
+        let mut fleet = Fleet::new(FleetConfig { churn: 0.5, skew_ns: 1_000_000_000, ..cfg(1000, 3, Format::Json) });
+        let mut out = Vec::new();
+        for t in 0..=150 {
+            out.clear();
+            fleet.tick(T0 + t * TICK, &mut out);
+        }
+        let agents = fleet.agents();
+        let newcomers: Vec<&AgentInfo> =
+            agents.iter().filter(|a| a.vm_id[3..].parse::<usize>().unwrap() >= 1000).collect();
+        assert!(newcomers.len() > 900, "{} of 1000 agents replaced in 5 minutes", newcomers.len());
+        let set = |f: fn(&AgentInfo) -> &str| newcomers.iter().map(|a| f(a)).collect::<BTreeSet<_>>();
+        assert_eq!(set(|a| &a.ns_id).len(), 10);
+        assert_eq!(set(|a| &a.csp_type).len(), 8);
+        assert!(set(|a| &a.mcis_id).len() >= 20);
+        let windows = newcomers.iter().filter(|a| a.os_type == "windows").count() as f64 / newcomers.len() as f64;
+        assert!((0.12..=0.28).contains(&windows), "{windows} windows");
+        assert!(fleet.clock_offsets().iter().all(|o| o.abs() <= 1_000_000_000));
+        let by_key: HashMap<String, &AgentInfo> = agents.iter().map(|a| (a.key(), a)).collect();
+        for msg in &out {
+            check_metric(&decode_one(Format::Json, msg), by_key[&msg.key]);
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! self-consistent metric dynamics, published to Kafka or written to a file.
 //!
 //! - [`Fleet`]: the agents and the messages of each collection tick (deterministic given a seed;
-//!   optional clock skew and reordering).
+//!   optional clock skew, reordering, and churn: agents replaced by new VMs every minute).
 //! - [`write_file`]: ticks on a synthetic clock into JSON lines or line protocol (gzip with `.gz`).
 //! - [`run_kafka`]: ticks into a Kafka topic, in real time or as fast as possible.
 //! - [`Stats`] and [`status_line`]: what was sent, for programs and for people.

@@ -52,6 +52,8 @@ pub struct IngestConfig {
     /// Values further than this ahead of `max(partition watermark, arrival time)` are rejected,
     /// so a broken clock cannot drag the watermark into the future (ns; `None` = no bound).
     pub max_skew: Option<i64>,
+    /// A series silent this long in event time is forgotten (ns; `None` = never).
+    pub series_ttl: Option<i64>,
 }
 
 /// What one or more messages produced.
@@ -91,7 +93,16 @@ impl Ingest {
 
     /// Series this worker knows now.
     pub fn live_series(&self) -> usize {
-        self.table.borrow().len()
+        self.table.borrow().live_series()
+    }
+
+    /// Forgets series silent for the configured ttl before `watermark` — the job's watermark, so
+    /// that no window still open anywhere holds one of them. Returns how many were released.
+    pub fn evict_idle(&mut self, watermark: i64) -> usize {
+        match self.config.series_ttl {
+            Some(ttl) => self.table.borrow_mut().evict_idle(watermark, ttl),
+            None => 0,
+        }
     }
 
     /// Keeps what checkpoints need (see [`crate::checkpoint`]) for every partition.
@@ -313,6 +324,7 @@ impl Decoded for Sink<'_> {
             self.watermarks.partition_watermark(self.slot).unwrap_or(i64::MIN).max(self.watermarks.combined());
         self.watermarks.observe(self.slot, ts);
         let group = self.table.group(&tags, &m.name, instance);
+        self.table.seen(group, ts);
         for (field, value) in &m.fields {
             let Some(value) = value.numeric() else {
                 continue;
@@ -382,6 +394,7 @@ mod tests {
             window: WindowSpec::new(Duration::from_secs(10), Duration::from_secs(5)),
             instance_tags: InstanceTags::default(),
             max_skew: Some(600 * 1_000_000_000),
+            series_ttl: None,
         }
     }
 

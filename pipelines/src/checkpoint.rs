@@ -154,8 +154,10 @@ impl Coordinator {
         for i in 0..self.workers {
             if s.contributions[i].is_none() {
                 if let Some(f) = s.finals[i].as_mut() {
-                    let parts =
-                        f.partitions.iter_mut().map(|p| p.tracker.checkpoint(&p.source, p.partition, frontier, p.next, p.max_ts));
+                    let parts = f
+                        .partitions
+                        .iter_mut()
+                        .map(|p| p.tracker.checkpoint(&p.source, p.partition, frontier, p.next, p.max_ts));
                     s.contributions[i] = Some(parts.collect());
                 }
             }

@@ -76,7 +76,6 @@ pub enum JobError {
     Worker(String),
 }
 
-
 /// Builds the ingest settings of a spec.
 pub fn ingest_config(spec: &JobSpec) -> IngestConfig {
     let mut instance_tags = InstanceTags::default();
@@ -89,6 +88,7 @@ pub fn ingest_config(spec: &JobSpec) -> IngestConfig {
         window: WindowSpec::new(spec.window.size, spec.window.lateness),
         instance_tags,
         max_skew: Some(spec.window.max_skew.as_nanos() as i64),
+        series_ttl: Some(spec.limits.series_ttl.as_nanos().min(i64::MAX as u128) as i64),
     }
 }
 

@@ -102,12 +102,9 @@ impl Writer {
                 queued: w.buffered_rows() as u64,
                 last_error: w.stats().last_error,
             },
-            Writer::Influx(w) => SinkStatus {
-                kind: "influxdb",
-                worker,
-                queued: w.queued_lines(),
-                last_error: w.stats().last_error,
-            },
+            Writer::Influx(w) => {
+                SinkStatus { kind: "influxdb", worker, queued: w.queued_lines(), last_error: w.stats().last_error }
+            }
         }
     }
 }

@@ -525,7 +525,10 @@ impl JobSpec {
         if self.limits.series_ttl < floor {
             return Err(SpecError::new(
                 "limits.series_ttl",
-                format!("expected at least twice window.size + window.lateness ({})", humantime::format_duration(floor)),
+                format!(
+                    "expected at least twice window.size + window.lateness ({})",
+                    humantime::format_duration(floor)
+                ),
             ));
         }
         if self.limits.max_series == Some(0) {

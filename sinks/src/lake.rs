@@ -675,9 +675,9 @@ impl FileWriter {
         let name = format!("{prefix}{:03}{suffix}", self.worker);
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.tmp-{}", self.run_ms));
-        let bytes = match write_parquet(&tmp, batch, self.props.clone())
-            .and_then(|bytes| fs::rename(&tmp, &path).map(|_| bytes).map_err(|e| SinkError::io("rename into place", &tmp, e)))
-        {
+        let bytes = match write_parquet(&tmp, batch, self.props.clone()).and_then(|bytes| {
+            fs::rename(&tmp, &path).map(|_| bytes).map_err(|e| SinkError::io("rename into place", &tmp, e))
+        }) {
             Ok(bytes) => bytes,
             Err(error) => {
                 let _ = fs::remove_file(&tmp);

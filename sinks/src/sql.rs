@@ -64,7 +64,10 @@ pub async fn lake_context(path: &Path) -> Result<SessionContext, SinkError> {
                 Some(key) => {
                     let all = table.sql_schema().fields().iter().map(|f| ident(f.name())).collect();
                     let on = key.iter().map(|c| ident(*c)).collect();
-                    ctx.read_table(files).and_then(|df| df.distinct_on(on, all, None)).map_err(register_err)?.into_view()
+                    ctx.read_table(files)
+                        .and_then(|df| df.distinct_on(on, all, None))
+                        .map_err(register_err)?
+                        .into_view()
                 }
                 None => files,
             }

@@ -60,6 +60,9 @@ pub struct LoadgenArgs {
     /// Share of messages delayed by one interval (reordering), 0.0–1.0.
     #[arg(long, default_value_t = 0.0)]
     pub reorder: f64,
+    /// Share of agents replaced by new VMs every minute of event time, 0.0–1.0 (agents come and go).
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub churn: f64,
     /// Event time of the first tick, unix seconds (default: now for Kafka, 1700000000 for files).
     #[arg(long)]
     pub start: Option<i64>,
@@ -74,6 +77,9 @@ pub struct LoadgenArgs {
 pub fn run(args: LoadgenArgs) -> anyhow::Result<()> {
     if !(0.0..=1.0).contains(&args.reorder) {
         bail!("--reorder must be between 0 and 1");
+    }
+    if !(0.0..=1.0).contains(&args.churn) {
+        bail!("--churn must be between 0 and 1");
     }
     if args.interval.is_zero() {
         bail!("--interval must be positive");
@@ -105,6 +111,7 @@ pub fn generate(args: &LoadgenArgs, stop: &AtomicBool, progress: &mut dyn FnMut(
         format: args.format.into(),
         skew_ns: args.skew.as_nanos() as i64,
         reorder: args.reorder,
+        churn: args.churn,
     };
     let ticks = (args.duration.as_nanos() / args.interval.as_nanos()).max(1) as u64;
     match (&args.out, &args.brokers) {

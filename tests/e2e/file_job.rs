@@ -83,6 +83,7 @@ fn generate(path: &Path, agents: usize, minutes: u64) {
         skew_ns: 0,
         // Some messages arrive one tick (2 s) late: out of order, but within the 5 s lateness.
         reorder: 0.05,
+        churn: 0.0,
     };
     let ticks = minutes * 30;
     loadgen::write_file(cfg, path, 1_700_000_000_000_000_000, Duration::from_secs(2), ticks, |_| {}).unwrap();
@@ -193,7 +194,14 @@ fn file_job_matches_independent_computation() {
 fn line_protocol_file_gzip() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("metrics.lp.gz");
-    let cfg = loadgen::FleetConfig { agents: 20, seed: 3, format: loadgen::Format::Influx, skew_ns: 0, reorder: 0.0 };
+    let cfg = loadgen::FleetConfig {
+        agents: 20,
+        seed: 3,
+        format: loadgen::Format::Influx,
+        skew_ns: 0,
+        reorder: 0.0,
+        churn: 0.0,
+    };
     let stats =
         loadgen::write_file(cfg, &input, 1_700_000_000_000_000_000, Duration::from_secs(2), 15, |_| {}).unwrap();
     let lake = dir.path().join("lake");
@@ -207,4 +215,29 @@ fn line_protocol_file_gzip() {
     assert_eq!(parts.len(), 1);
     assert_eq!(parts[0]["date"], "2023-11-14");
     assert_eq!(parts[0]["hour"], "22");
+}
+
+#[test]
+fn cardinality_limit_rejects_new_series_and_the_job_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("metrics.jsonl");
+    generate(&input, 20, 1);
+    let lake = dir.path().join("lake");
+    let spec = file_spec(dir.path(), &input, &lake, "json");
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    // Two workers, 100 series each: far fewer than 20 agents send.
+    text.push_str("\n[limits]\nmax_series = 200\n");
+    std::fs::write(&spec, text).unwrap();
+    dragonflow_ok(&["run", "--workers", "2", spec.to_str().unwrap()]);
+    let live =
+        sql_rows(&lake, "SELECT count(DISTINCT concat(vm_id, measurement, instance, field)) AS n FROM aggregates");
+    let n: u64 = live[0]["n"].parse().unwrap();
+    assert!(n > 0 && n <= 200, "{n} series were aggregated with a limit of 200");
+    let rejects = sql_rows(&lake, "SELECT count(*) AS n, min(reason) AS reason FROM rejects");
+    let refused: u64 = rejects[0]["n"].parse().unwrap();
+    assert!(refused > 0, "metrics of series beyond the limit are rejects");
+    assert!(rejects[0]["reason"].contains("cardinality limit"), "{}", rejects[0]["reason"]);
+    // Every value is either aggregated or in a refused metric: the known series keep flowing.
+    let counted = sql_rows(&lake, "SELECT sum(count) AS c FROM aggregates");
+    assert!(counted[0]["c"].parse::<u64>().unwrap() > 0);
 }

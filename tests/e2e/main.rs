@@ -6,6 +6,7 @@
 
 mod cli;
 mod common;
+mod crash;
 mod demo;
 mod file_job;
 mod kafka_mock;

@@ -310,8 +310,14 @@ fn influxdb_outage_in_the_middle_of_a_run() {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         let producer = s.spawn(|| {
-            let cfg =
-                loadgen::FleetConfig { agents: 40, seed: 9, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0 };
+            let cfg = loadgen::FleetConfig {
+                agents: 40,
+                seed: 9,
+                format: loadgen::Format::Json,
+                skew_ns: 0,
+                reorder: 0.0,
+                churn: 0.0,
+            };
             loadgen::run_kafka(cfg, &target, 0, Duration::from_secs(1), Duration::from_secs(35), true, &stop, |_| {})
         });
         // Let the generator create the topic before the job looks for it.

@@ -18,10 +18,10 @@ use operators::model::{stable_hash, Origin};
 use operators::time::Watermarks;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
-use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use regex::Regex;
 use rustc_hash::FxHashMap;
@@ -46,6 +46,8 @@ struct Part {
     done: bool,
     /// Resuming from a checkpoint: reading starts a little before its offset (see [`Resume`]).
     resume: Option<Resume>,
+    /// `end` was checked against the high watermark the broker reports with fetched records.
+    end_confirmed: bool,
 }
 
 /// A partition resuming at `target`. Reading starts at `asked`, somewhat earlier, and records
@@ -156,7 +158,14 @@ pub struct KafkaReader {
     resume: Option<Arc<Checkpoint>>,
     /// Records the broker delivered a second time, passed over.
     redelivered: u64,
+    next_lag_check: Instant,
 }
+
+/// Without a high watermark from the broker's fetch responses, an end offset is trusted only
+/// after this long without records.
+const UNCONFIRMED_END_QUIET: Duration = Duration::from_secs(10);
+/// How often partitions with records still to read are marked active.
+const LAG_CHECK: Duration = Duration::from_millis(500);
 
 /// When finishing at the end, the partitions must also have been quiet this long: some brokers
 /// report end offsets that lag behind what they serve, and reading on costs nothing.
@@ -172,7 +181,7 @@ pub fn consumer(spec: &KafkaSource) -> Result<Kafka, KafkaError> {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.wait.max.ms", "5")
-        .set("statistics.interval.ms", "2000")
+        .set("statistics.interval.ms", "1000")
         .set("auto.offset.reset", if spec.start == StartAt::Latest { "latest" } else { "earliest" });
     for (k, v) in &spec.options {
         config.set(k, v);
@@ -205,6 +214,7 @@ impl KafkaReader {
             last_message: Instant::now(),
             resume,
             redelivered: 0,
+            next_lag_check: Instant::now(),
         })
     }
 
@@ -246,7 +256,16 @@ impl KafkaReader {
                 let slot = watermarks.add_partition(now);
                 let part = self.parts.len();
                 let topic: Arc<str> = name.into();
-                self.parts.push(Part { topic, partition: id, slot, next: None, end: None, done: false, resume: None });
+                self.parts.push(Part {
+                    topic,
+                    partition: id,
+                    slot,
+                    next: None,
+                    end: None,
+                    done: false,
+                    resume: None,
+                    end_confirmed: false,
+                });
                 let v = self.index.entry(name.into()).or_default();
                 if v.len() <= id as usize {
                     v.resize(id as usize + 1, None);
@@ -259,7 +278,8 @@ impl KafkaReader {
                         watermarks.restore(slot, cp.max_ts);
                         let asked = (cp.offset - RESUME_REWIND).max(0);
                         self.parts[part].next = Some(cp.offset);
-                        self.parts[part].resume = Some(Resume { target: cp.offset, asked, reached: false, rewinding: None });
+                        self.parts[part].resume =
+                            Some(Resume { target: cp.offset, asked, reached: false, rewinding: None });
                         Offset::Offset(asked)
                     }
                     (StartAt::Earliest, _) => Offset::Beginning,
@@ -294,7 +314,8 @@ impl KafkaReader {
     }
 
     /// Marks partitions that reached their end offset as done.
-    fn check_ends(&mut self) {
+    fn check_ends(&mut self, quiet: Duration) {
+        let context = self.consumer.context();
         let positions = if self.parts.iter().any(|p| !p.done && p.end.is_some() && p.next.is_none()) {
             self.consumer.position().ok()
         } else {
@@ -314,7 +335,18 @@ impl KafkaReader {
                     }
                 }
             }
-            if end == 0 || pos.is_some_and(|p| p >= end) {
+            // Some brokers (tansu 0.6) report an end offset short of the last record batch in
+            // ListOffsets; the high watermark that comes with fetched records is right.
+            let mut end = end;
+            if !part.end_confirmed {
+                if let Some(high) = context.high(&part.topic, part.partition) {
+                    end = end.max(high);
+                    part.end = Some(end);
+                    part.end_confirmed = true;
+                }
+            }
+            let confirmed = part.end_confirmed || quiet >= UNCONFIRMED_END_QUIET;
+            if confirmed && (end == 0 || pos.is_some_and(|p| p >= end)) {
                 // Finished for progress purposes only when the whole source finishes: a
                 // partition still delivering must keep holding the watermark.
                 part.done = true;
@@ -378,7 +410,11 @@ impl Reader for KafkaReader {
     fn commit(&mut self, partitions: &[PartitionCheckpoint]) {
         let mut tpl = TopicPartitionList::new();
         for p in partitions {
-            let mine = self.index.get(p.source.as_str()).and_then(|v| v.get(p.partition as usize)).is_some_and(|s| s.is_some());
+            let mine = self
+                .index
+                .get(p.source.as_str())
+                .and_then(|v| v.get(p.partition as usize))
+                .is_some_and(|s| s.is_some());
             if mine && tpl.add_partition_offset(&p.source, p.partition, Offset::Offset(p.offset)).is_err() {
                 continue;
             }
@@ -484,8 +520,18 @@ impl Reader for KafkaReader {
                 }
             }
         }
+        if now >= self.next_lag_check {
+            self.next_lag_check = now + LAG_CHECK;
+            // A partition with records still to read is behind, not idle: it holds the watermark.
+            let context = self.consumer.context();
+            for p in &self.parts {
+                if context.high(&p.topic, p.partition).is_some_and(|h| h > p.next.unwrap_or(0)) {
+                    watermarks.touch(p.slot, now);
+                }
+            }
+        }
         if self.draining || self.spec.stop_at_end {
-            self.check_ends();
+            self.check_ends(now.duration_since(self.last_message));
             let quiet = now.duration_since(self.last_message) >= QUIET_BEFORE_END;
             if quiet && !self.parts.is_empty() && self.parts.iter().all(|p| p.done) {
                 for p in &self.parts {

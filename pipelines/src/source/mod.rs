@@ -247,6 +247,10 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
             }
             if now >= next_status || status == ReadStatus::Done {
                 next_status = now + STATUS_EVERY;
+                // The job's watermark, not this worker's: windows close on the global frontier.
+                if let Some(wm) = metrics.watermark() {
+                    ingest.evict_idle(wm);
+                }
                 metrics.set_series(worker, ingest.live_series());
                 metrics.set_partitions(reader.positions().into_iter().map(|p| PartitionStatus {
                     source: p.source.to_string(),
