@@ -149,7 +149,8 @@ async fn two_workers_round_trip_through_sql() {
     assert_eq!(files.len() as u64, s0.files + s1.files);
     for file in &files {
         let name = file.file_name().and_then(|n| n.to_str()).expect("file name");
-        let window_file = name.starts_with("part-17") && (name.ends_with("-w000of001.parquet") || name.ends_with("-w001of001.parquet"));
+        let window_file = name.starts_with("part-17")
+            && (name.ends_with("-w000of001.parquet") || name.ends_with("-w001of001.parquet"));
         let flush_file = name.starts_with("part-w00") && name.ends_with(".parquet");
         assert!(window_file || flush_file, "unexpected file {}", file.display());
         let hour = file.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).expect("hour dir");
@@ -467,8 +468,7 @@ async fn a_window_written_again_replaces_its_file() {
         let mut w = LakeWriter::new(one.clone(), 0).expect("writer");
         let n = w.barrier().expect("barrier");
         w.push(window(T0, vec![(k.clone(), agg(T0, &[1.0, 3.0]))])).expect("push");
-        w.push(window(T0, vec![(key("vm-2", "cpu", "cpu-total", "usage_idle"), agg(T0, &[2.0]))]))
-            .expect("push");
+        w.push(window(T0, vec![(key("vm-2", "cpu", "cpu-total", "usage_idle"), agg(T0, &[2.0]))])).expect("push");
         let m = w.barrier().expect("barrier");
         assert!(m > n);
         let stats = w.finish().expect("finish");
@@ -486,8 +486,7 @@ async fn late_and_rejects_are_read_once_per_source_record() {
     let lake = dir.path();
     for _ in 0..2 {
         let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
-        w.push(SinkItem::Late(vec![late("vm-1", T_LATE, 55.5, 7), late("vm-1", T_LATE + SEC, 56.5, 8)]))
-            .expect("push");
+        w.push(SinkItem::Late(vec![late("vm-1", T_LATE, 55.5, 7), late("vm-1", T_LATE + SEC, 56.5, 8)])).expect("push");
         w.push(SinkItem::Rejects(vec![RejectRow::new(origin(0, 41), "bad", b"{x", T0)])).expect("push");
         w.finish().expect("finish");
     }
