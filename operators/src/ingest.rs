@@ -88,6 +88,10 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn new(table: Rc<RefCell<SeriesTable>>, config: IngestConfig) -> Self {
+        // A released series may still sit in a window open at the release: it is reused only
+        // once the watermark has gone two windows and the lateness further.
+        let w = config.window;
+        table.borrow_mut().set_reuse_delay(2 * (w.size + w.lateness));
         Ingest { table, config, out: IngestOutput::default(), current: None, trackers: None }
     }
 

@@ -72,6 +72,8 @@ pub struct SeriesTable {
     /// The largest watermark given to `evict_idle`: a group never passed to `seen` counts as
     /// seen then, so it lives at least one `ttl`.
     evicted_at: i64,
+    /// How far the watermark must move past a release before the ids are reused (default: the ttl).
+    reuse_delay: Option<i64>,
     buf: Vec<u8>,
     limit: Option<usize>,
 }
@@ -89,6 +91,7 @@ impl Default for SeriesTable {
             quarantine: VecDeque::new(),
             live: 0,
             evicted_at: i64::MIN,
+            reuse_delay: None,
             buf: Vec::new(),
             limit: None,
         }
@@ -289,12 +292,19 @@ impl SeriesTable {
         self.name(field)
     }
 
+    /// Released series ids (and their keys) are kept until the watermark passes the release by
+    /// `delay` instead of a whole ttl: enough for every window open at the release to close.
+    pub fn set_reuse_delay(&mut self, delay: i64) {
+        self.reuse_delay = Some(delay.max(0));
+    }
+
     /// Releases every group whose last report ([`SeriesTable::seen`]) is before
     /// `watermark - ttl`, with its series; returns the number of series released.
     ///
     /// Group ids are reused at once. Series ids go into quarantine: their keys stay readable
     /// and the ids are not handed out again until a later call's `watermark` reaches this
-    /// `watermark + ttl`; then the keys are dropped and the ids freed. Agent and name strings
+    /// `watermark` + the reuse delay ([`SeriesTable::set_reuse_delay`], default `ttl`); then the
+    /// keys are dropped and the ids freed. Agent and name strings
     /// that nothing uses any more are dropped as well. A watermark that goes backwards releases
     /// less and only delays reuse. Costs O(groups); meant to be called every few seconds.
     pub fn evict_idle(&mut self, watermark: i64, ttl: i64) -> usize {
@@ -331,7 +341,8 @@ impl SeriesTable {
         let count = released.len();
         if count > 0 {
             self.live -= count;
-            self.quarantine.push_back(Quarantine { reusable_at: watermark.saturating_add(ttl), ids: released });
+            let delay = self.reuse_delay.unwrap_or(ttl);
+            self.quarantine.push_back(Quarantine { reusable_at: watermark.saturating_add(delay), ids: released });
         }
         if changed {
             // Held only by the index now: no group, live or quarantined key refers to them.
