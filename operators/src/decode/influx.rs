@@ -12,11 +12,14 @@ use super::{emit, Decoded, FieldValue, Metric, TimestampUnit};
 /// as in InfluxDB's write API).
 pub fn decode_influx(payload: &[u8], unit: TimestampUnit, arrival_ns: i64, out: &mut impl Decoded) {
     let unit = if unit == TimestampUnit::Auto { TimestampUnit::Ns } else { unit };
+    // Lines that carry something (a metric, or bytes rejected as not being one).
+    let mut lines = 0usize;
     // Invalid UTF-8 only spoils the lines it is on.
     for raw_line in payload.split(|&b| b == b'\n') {
         let text = match std::str::from_utf8(raw_line) {
             Ok(t) => t,
             Err(e) => {
+                lines += 1;
                 out.reject(format!("line is not valid UTF-8: {e}"), raw_line);
                 continue;
             }
@@ -28,8 +31,14 @@ pub fn decode_influx(payload: &[u8], unit: TimestampUnit, arrival_ns: i64, out: 
             if trimmed.is_empty() || trimmed.starts_with('#') {
                 continue;
             }
+            lines += 1;
             decode_line(trimmed, unit, arrival_ns, out);
         }
+    }
+    // Blank lines and comments are fine between metrics, but a message of nothing else would
+    // vanish without a trace.
+    if lines == 0 {
+        out.reject("message holds no line-protocol line (empty, blank or only comments)".into(), payload);
     }
 }
 
@@ -37,7 +46,8 @@ fn decode_line(line: &str, unit: TimestampUnit, arrival_ns: i64, out: &mut impl 
     let parsed = match parse_lines(line).next() {
         Some(Ok(p)) => p,
         Some(Err(e)) => return out.reject(format!("invalid line protocol: {e}"), line.as_bytes()),
-        None => return,
+        // Not reached: the line is trimmed and not a comment, so the parser sees a line.
+        None => return out.reject("invalid line protocol: no line found".into(), line.as_bytes()),
     };
     let timestamp = match parsed.timestamp {
         Some(t) => match unit.int_to_nanos(t) {
@@ -105,6 +115,26 @@ mem used=3\n");
         assert_eq!(c.rejects.len(), 2);
         assert!(c.rejects[0].0.contains("invalid line protocol"));
         assert!(c.rejects[1].0.contains("UTF-8"));
+    }
+
+    #[test]
+    fn a_message_without_lines_is_rejected() {
+        for input in [&b""[..], b"\n\n", b" \r\n\t", b"# only a comment\n", "\u{85}".as_bytes()] {
+            let c = run(input);
+            assert!(c.metrics.is_empty());
+            assert_eq!(c.rejects.len(), 1, "{input:?}");
+            assert!(c.rejects[0].0.contains("no line-protocol line"), "{}", c.rejects[0].0);
+        }
+        let c = run(b"# header\n\ncpu v=1 1\n");
+        assert_eq!((c.metrics.len(), c.rejects.len()), (1, 0), "comments and blank lines beside a metric are fine");
+    }
+
+    #[test]
+    fn far_future_timestamps_are_rejected() {
+        let c = run(b"cpu v=1 7258118400000000000\ncpu v=2 7258118400000000001\ncpu v=3 9223372036854775807\n");
+        assert_eq!(c.metrics.len(), 1);
+        assert_eq!(c.rejects.len(), 2);
+        assert!(c.rejects.iter().all(|(r, _)| r.contains("after 2200-01-01")), "{:?}", c.rejects);
     }
 
     #[test]

@@ -239,6 +239,11 @@ fn decode_value(payload: &[u8], unit: TimestampUnit, allow_batch: bool, out: &mu
         out.reject(format!("JSON nested deeper than {MAX_DEPTH} levels"), payload);
         return;
     }
+    // serde would read an array as a struct's fields in order; a metric is an object.
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        out.reject("invalid Telegraf JSON: expected an object, found an array".into(), payload);
+        return;
+    }
     let raw: RawMetric<'_> = match serde_json::from_slice(payload) {
         Ok(raw) => raw,
         Err(e) => {
@@ -249,6 +254,10 @@ fn decode_value(payload: &[u8], unit: TimestampUnit, allow_batch: bool, out: &mu
     if let Some(batch) = raw.metrics {
         if !allow_batch {
             out.reject("nested \"metrics\" batch inside a batch".into(), payload);
+            return;
+        }
+        if batch.is_empty() {
+            out.reject("empty \"metrics\" batch".into(), payload);
             return;
         }
         for element in batch {
@@ -342,6 +351,10 @@ mod tests {
             (r#"{"name":"m","fields":{"v":1},"timestamp":"now"}"#, "numeric timestamp"),
             (r#"{"name":"m","fields":{"v":1e999},"timestamp":1}"#, "invalid Telegraf JSON"),
             (&format!("{}1{}", "[".repeat(40), "]".repeat(40)), "nested deeper"),
+            (r#"{"metrics":[]}"#, "empty \"metrics\" batch"),
+            (r#"["cpu",null,{"v":1},1700000000,null]"#, "expected an object, found an array"),
+            (r#"{"name":"m","fields":{"v":1},"timestamp":7258118400000000001}"#, "after 2200-01-01"),
+            (r#"{"name":"m","fields":{"v":1},"timestamp":9223372036854775807}"#, "after 2200-01-01"),
         ] {
             let c = run(input);
             assert!(c.metrics.is_empty(), "{input}");

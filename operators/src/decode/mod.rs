@@ -3,18 +3,28 @@
 //!
 //! A decoder hands every metric it can read to [`Decoded::metric`] and every part it cannot to
 //! [`Decoded::reject`] with a reason; one bad metric or line never loses the others, and no
-//! input makes a decoder panic.
+//! input makes a decoder panic. [`check_contract`] states that promise as a check; the fuzz
+//! harness (`examples/fuzz_decoders.rs`) and the regression cases in `fuzz/regressions/` hold
+//! the decoders to it.
 
 use std::borrow::Cow;
 
+mod contract;
 mod influx;
 mod json;
+#[cfg(test)]
+mod regressions;
 
+pub use contract::{check_contract, Broken, Tally};
 pub use influx::decode_influx;
 pub use json::decode_json;
 
 /// Largest message a decoder accepts (bytes); larger ones are rejected whole.
 pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
+/// Latest event time a decoder accepts: 2200-01-01T00:00:00Z in ns. Anything later is a broken
+/// clock or a unit mix-up, and keeping well below `i64::MAX` leaves room for window arithmetic.
+pub const MAX_TIMESTAMP_NS: i64 = 7_258_118_400 * 1_000_000_000;
 
 /// The wire format of a source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -68,7 +78,10 @@ impl TimestampUnit {
         if v < 0 {
             return Err(format!("negative timestamp {v}"));
         }
-        v.checked_mul(self.nanos_per_unit(v as f64)).ok_or_else(|| format!("timestamp {v} out of range"))
+        match v.checked_mul(self.nanos_per_unit(v as f64)) {
+            Some(ns) if ns <= MAX_TIMESTAMP_NS => Ok(ns),
+            _ => Err(far_future(v)),
+        }
     }
 
     /// Converts a fractional timestamp to nanoseconds since the epoch.
@@ -80,11 +93,15 @@ impl TimestampUnit {
             return Err(format!("negative timestamp {v}"));
         }
         let ns = (v * self.nanos_per_unit(v) as f64).round();
-        if ns >= i64::MAX as f64 {
-            return Err(format!("timestamp {v} out of range"));
+        if ns > MAX_TIMESTAMP_NS as f64 {
+            return Err(far_future(v));
         }
         Ok(ns as i64)
     }
+}
+
+fn far_future(v: impl std::fmt::Display) -> String {
+    format!("timestamp {v} is after 2200-01-01T00:00:00Z")
 }
 
 /// A field value as sent.
