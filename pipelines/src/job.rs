@@ -263,6 +263,7 @@ fn run_worker(
     let sink_outcome = outcome.clone();
     let sink_metrics = metrics.clone();
     let probe = ProbeHandle::new();
+    let barriers = coordinator.is_some();
     let checkpoints = coordinator.map(|coordinator| SourceCheckpoints {
         coordinator,
         probe: probe.clone(),
@@ -279,7 +280,8 @@ fn run_worker(
             .window_aggregate(table, size)
             .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()))
             .map(SinkItem::Aggregates);
-        lake_sink(results.concat(side), writers, flush_interval, sink_metrics, sink_outcome).probe_with(&probe);
+        lake_sink(results.concat(side), writers, flush_interval, sink_metrics, sink_outcome, barriers)
+            .probe_with(&probe);
     });
 
     while worker.step_or_park(Some(Duration::from_millis(100))) {}

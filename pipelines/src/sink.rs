@@ -116,14 +116,16 @@ pub type SinkOutcome = Rc<RefCell<Option<Result<Vec<SinkSummary>, String>>>>;
 const MAX_TICK: Duration = Duration::from_millis(200);
 
 /// Attaches `writers` to `stream`. When the stream ends, the writers are finished and the
-/// outcome stored in `outcome`. The returned stream carries nothing; its frontier is the
-/// durable frontier (see the [module docs](self)).
+/// outcome stored in `outcome`. The returned stream carries nothing; with `barriers` its
+/// frontier is the durable frontier (see the [module docs](self)), without it everything
+/// becomes durable at the end.
 pub fn lake_sink<'scope>(
     stream: Stream<'scope, Time, Vec<SinkItem>>,
     writers: Vec<Writer>,
     flush_interval: Duration,
     metrics: Arc<JobMetrics>,
     outcome: SinkOutcome,
+    barriers: bool,
 ) -> Stream<'scope, Time, Vec<()>> {
     let scope = stream.scope();
     let worker = scope.index();
@@ -191,7 +193,7 @@ pub fn lake_sink<'scope>(
             }
             // A barrier after each window, or every flush interval while time moves.
             let frontier = frontiers[0].frontier().iter().min().copied();
-            if let Some(f) = frontier {
+            if let Some(f) = frontier.filter(|_| barriers) {
                 let due = windows_since_barrier || now.duration_since(last_barrier) >= flush_interval;
                 if error.is_none() && f > barrier_frontier && due {
                     let mut seqs = Vec::with_capacity(ws.len());

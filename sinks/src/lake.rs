@@ -27,8 +27,9 @@
 //! temporary name that does not end in `.parquet` (`.<name>.tmp`), synced, then renamed: a reader
 //! listing `*.parquet` never sees half a file.
 //!
-//! [`LakeWriter::barrier`] flushes everything and returns a sequence number; once
-//! [`LakeWriter::durable`] reaches it, every row pushed before it is on disk.
+//! Files are synced in groups: [`LakeWriter::barrier`] flushes everything and returns a sequence
+//! number; once [`LakeWriter::durable`] reaches it, every file written before it is synced, with
+//! its directory. [`LakeWriter::finish`] syncs what remains.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -173,6 +174,8 @@ impl LakeWriter {
             props: writer_properties(),
             known_dirs: HashSet::new(),
             shared: Arc::clone(&shared),
+            unsynced: Vec::new(),
+            dirty_dirs: HashSet::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("dragonflow-lake-w{worker}"))
@@ -584,27 +587,42 @@ struct FileWriter {
     props: WriterProperties,
     known_dirs: HashSet<PathBuf>,
     shared: Arc<Shared>,
+    /// Files renamed into place and directories changed since the last sync.
+    unsynced: Vec<PathBuf>,
+    dirty_dirs: HashSet<PathBuf>,
 }
 
 impl FileWriter {
+    /// Makes every file written so far, and its directory entry, durable. Syncing at barriers
+    /// (and at the end) rather than file by file keeps the disk from stalling the pipeline.
+    fn sync(&mut self) -> Result<(), SinkError> {
+        for path in self.unsynced.drain(..) {
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| SinkError::io("sync file", &path, e))?;
+        }
+        for dir in self.dirty_dirs.drain() {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
     /// Writes chunks until the channel closes; stops at the first error, which closes the channel
     /// for the sender too.
     fn run(mut self, rx: Receiver<ToWriter>) -> Result<(), SinkError> {
         for msg in rx {
-            let chunk = match msg {
-                ToWriter::Chunk(chunk) => chunk,
-                ToWriter::Barrier(n) => {
-                    // Files are synced and renamed one by one: all before this are durable.
-                    self.shared.durable.store(n, Ordering::Release);
-                    continue;
-                }
+            let written = match msg {
+                ToWriter::Chunk(chunk) => self.write_chunk(chunk),
+                ToWriter::Barrier(n) => self.sync().map(|()| self.shared.durable.store(n, Ordering::Release)),
             };
-            if let Err(error) = self.write_chunk(chunk) {
+            if let Err(error) = written {
                 self.shared.set_error(&error);
                 return Err(error);
             }
         }
-        Ok(())
+        let synced = self.sync();
+        if let Err(error) = &synced {
+            self.shared.set_error(error);
+        }
+        synced
     }
 
     fn write_chunk(&mut self, chunk: Chunk) -> Result<(), SinkError> {
@@ -659,7 +677,8 @@ impl FileWriter {
                 return Err(error);
             }
         };
-        sync_dir(&dir)?;
+        self.unsynced.push(path);
+        self.dirty_dirs.insert(dir);
         self.shared.files.fetch_add(1, Ordering::Relaxed);
         self.shared.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -697,7 +716,8 @@ impl FileWriter {
                 }
             }
         }
-        sync_dir(&dir)?;
+        self.unsynced.push(path);
+        self.dirty_dirs.insert(dir);
         self.shared.files.fetch_add(1, Ordering::Relaxed);
         self.shared.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
         self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -722,14 +742,14 @@ impl FileWriter {
     }
 }
 
-/// Writes `batch` as one Parquet file at `path` and syncs it to disk; returns its size in bytes.
+/// Writes `batch` as one Parquet file at `path`; returns its size in bytes. The file is synced
+/// later, with the others of its barrier.
 fn write_parquet(path: &Path, batch: &RecordBatch, props: WriterProperties) -> Result<u64, SinkError> {
     let file = File::create(path).map_err(|e| SinkError::io("create file", path, e))?;
     let parquet_err = |e| SinkError::Parquet { path: path.to_path_buf(), source: e };
     let mut writer = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(parquet_err)?;
     writer.write(batch).map_err(parquet_err)?;
     let file = writer.into_inner().map_err(parquet_err)?;
-    file.sync_all().map_err(|e| SinkError::io("sync file", path, e))?;
     let meta = file.metadata().map_err(|e| SinkError::io("read metadata of", path, e))?;
     Ok(meta.len())
 }
