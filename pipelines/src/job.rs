@@ -219,6 +219,7 @@ fn run_worker(
                     path: p.path.clone(),
                     flush_interval: p.flush_interval,
                     workers: peers,
+                    job: spec.source_id(),
                     ..LakeConfig::default()
                 };
                 writers.push(Writer::Lake(Box::new(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?)));

@@ -546,6 +546,19 @@ impl JobSpec {
         Ok(())
     }
 
+    /// A short name of what the job reads (topics and group, or the file), the same every time
+    /// the job runs: window files carry it, so a job run again replaces its own files and jobs
+    /// sharing a lake keep theirs.
+    pub fn source_id(&self) -> String {
+        let text = match &self.source {
+            SourceSpec::File(f) => format!("file:{}", f.path.display()),
+            SourceSpec::Kafka(k) => {
+                format!("kafka:{}:{}:{}", k.topics.join(","), k.topic_regex.as_deref().unwrap_or(""), k.group)
+            }
+        };
+        format!("{:08x}", operators::model::stable_hash(&[&text]) as u32)
+    }
+
     /// Where a Kafka job keeps its checkpoints.
     pub fn checkpoint_dir(&self) -> Option<PathBuf> {
         if let Some(dir) = &self.checkpoint.dir {
@@ -621,6 +634,20 @@ mod humantime_serde {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn source_id_names_what_is_read() {
+        let spec = |group: &str| {
+            let text = format!(
+                "[source]\nkind = \"kafka\"\nbrokers = \"b:9092\"\ntopics = [\"m\"]\ngroup = \"{group}\"\n[[sink]]\nkind = \"parquet\"\npath = \"lake\"\n"
+            );
+            super::JobSpec::parse(&text).unwrap()
+        };
+        assert_eq!(spec("a").source_id(), spec("a").source_id());
+        assert_ne!(spec("a").source_id(), spec("b").source_id());
+        assert_eq!(spec("a").source_id().len(), 8);
+        assert!(spec("a").checkpoint_dir().unwrap().ends_with("_checkpoints/a"));
+    }
+
     use super::*;
 
     const GOOD: &str = r#"

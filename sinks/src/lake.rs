@@ -12,8 +12,10 @@
 //! its file instead of adding a second one:
 //!
 //! ```text
-//! <lake>/aggregates/date=YYYY-MM-DD/hour=HH/part-{window_start_ms}-w{worker:03}of{workers:03}.parquet
+//! <lake>/aggregates/date=YYYY-MM-DD/hour=HH/part-{window_start_ms}-{job}-w{worker:03}of{workers:03}.parquet
 //! ```
+//!
+//! (`job` tells apart jobs that share a lake: see [`LakeConfig::job`].)
 //!
 //! Late values and rejects are buffered and split by partition hour, one file per flush:
 //!
@@ -78,6 +80,9 @@ pub struct LakeConfig {
     pub max_buffered_rows: usize,
     /// How many workers write window files (part of their names). Default 1.
     pub workers: usize,
+    /// Names the job in window files, so that jobs sharing a lake keep their own files while a
+    /// job run again replaces its own. Default `job`.
+    pub job: String,
 }
 
 impl LakeConfig {
@@ -88,6 +93,7 @@ impl LakeConfig {
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             max_buffered_rows: DEFAULT_MAX_BUFFERED_ROWS,
             workers: 1,
+            job: "job".to_string(),
         }
     }
 }
@@ -169,6 +175,7 @@ impl LakeWriter {
             lake: cfg.path.clone(),
             worker,
             workers: cfg.workers.max(1),
+            job: cfg.job.clone(),
             run_ms,
             seq: 0,
             props: writer_properties(),
@@ -582,6 +589,7 @@ struct FileWriter {
     lake: PathBuf,
     worker: usize,
     workers: usize,
+    job: String,
     run_ms: i64,
     seq: u64,
     props: WriterProperties,
@@ -689,7 +697,7 @@ impl FileWriter {
     /// version, and removes versions written by a different number of workers.
     fn write_window(&mut self, table: Table, start_ns: i64, batch: &RecordBatch) -> Result<(), SinkError> {
         let dir = self.partition_dir(table, start_ns.div_euclid(NANOS_PER_HOUR))?;
-        let prefix = format!("part-{}-w", start_ns.div_euclid(NANOS_PER_MILLI));
+        let prefix = format!("part-{}-{}-w", start_ns.div_euclid(NANOS_PER_MILLI), self.job);
         let suffix = format!("of{:03}.parquet", self.workers);
         let name = format!("{prefix}{:03}{suffix}", self.worker);
         let path = dir.join(&name);
