@@ -601,6 +601,15 @@ struct FileWriter {
 }
 
 impl FileWriter {
+    /// Counts a file renamed into place, to be synced at the next barrier.
+    fn placed(&mut self, path: PathBuf, dir: PathBuf, rows: usize, bytes: u64) {
+        self.unsynced.push(path);
+        self.dirty_dirs.insert(dir);
+        self.shared.files.fetch_add(1, Ordering::Relaxed);
+        self.shared.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Makes every file written so far, and its directory entry, durable. Syncing at barriers
     /// (and at the end) rather than file by file keeps the disk from stalling the pipeline.
     fn sync(&mut self) -> Result<(), SinkError> {
@@ -685,11 +694,7 @@ impl FileWriter {
                 return Err(error);
             }
         };
-        self.unsynced.push(path);
-        self.dirty_dirs.insert(dir);
-        self.shared.files.fetch_add(1, Ordering::Relaxed);
-        self.shared.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.placed(path, dir, batch.num_rows(), bytes);
         Ok(())
     }
 
@@ -724,11 +729,7 @@ impl FileWriter {
                 }
             }
         }
-        self.unsynced.push(path);
-        self.dirty_dirs.insert(dir);
-        self.shared.files.fetch_add(1, Ordering::Relaxed);
-        self.shared.rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
-        self.shared.bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.placed(path, dir, batch.num_rows(), bytes);
         Ok(())
     }
 

@@ -104,3 +104,30 @@ pub fn publish(
     assert_eq!(sent.errors, 0, "{:?}", sent.last_error);
     sent
 }
+
+/// The Kafka-compatible broker started by `tests/run-all.sh`.
+pub fn kafka() -> String {
+    std::env::var("DRAGONFLOW_TEST_KAFKA").expect("DRAGONFLOW_TEST_KAFKA: run the suite with tests/run-all.sh")
+}
+
+/// The InfluxDB started by `tests/run-all.sh`.
+pub fn influx() -> String {
+    std::env::var("DRAGONFLOW_TEST_INFLUX").expect("DRAGONFLOW_TEST_INFLUX: run the suite with tests/run-all.sh")
+}
+
+/// A name unique to this test process and call (topics, groups, databases).
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, std::sync::atomic::Ordering::SeqCst))
+}
+
+/// Runs InfluxQL through InfluxDB's HTTP query API, timestamps in epoch seconds.
+pub fn influxql(db: &str, q: &str) -> serde_json::Value {
+    let out = Command::new("curl")
+        .args(["-sf", "-G", &format!("{}/query", influx()), "--data-urlencode", &format!("db={db}")])
+        .args(["--data-urlencode", &format!("q={q}"), "--data-urlencode", "epoch=s"])
+        .output()
+        .expect("curl runs");
+    assert!(out.status.success(), "influx query {q} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("influx answers JSON")
+}

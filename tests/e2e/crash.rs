@@ -11,10 +11,9 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::common::{bin, dragonflow_ok, publish, rel, split_csv};
+use crate::common::{bin, dragonflow_ok, influx, influxql, kafka, publish, rel, split_csv, unique};
 
 /// The measurements the load generator sends, each one InfluxDB measurement.
 const MEASUREMENTS: [&str; 6] = ["cpu", "mem", "disk", "diskio", "net", "cpufreq"];
@@ -26,31 +25,6 @@ const KEY: [&str; 9] =
     ["window_start", "ns_id", "mcis_id", "vm_id", "csp_type", "os_type", "measurement", "instance", "field"];
 /// How long a run that should finish may take before the test gives up on it.
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
-
-fn kafka() -> String {
-    std::env::var("DRAGONFLOW_TEST_KAFKA").expect("DRAGONFLOW_TEST_KAFKA: run the suite with tests/run-all.sh")
-}
-
-fn influx() -> String {
-    std::env::var("DRAGONFLOW_TEST_INFLUX").expect("DRAGONFLOW_TEST_INFLUX: run the suite with tests/run-all.sh")
-}
-
-/// A name unique to this test process and call (topics, groups, databases).
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("crash_{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Runs InfluxQL through InfluxDB's HTTP query API, timestamps in epoch seconds.
-fn influxql(db: &str, q: &str) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args(["-sf", "-G", &format!("{}/query", influx()), "--data-urlencode", &format!("db={db}")])
-        .args(["--data-urlencode", &format!("q={q}"), "--data-urlencode", "epoch=s"])
-        .output()
-        .expect("curl runs");
-    assert!(out.status.success(), "influx query {q} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("influx answers JSON")
-}
 
 /// SplitMix64: the kill delays must be reproducible from a printed seed, and the test crate has
 /// no `rand` of its own.

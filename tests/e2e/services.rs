@@ -5,35 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::common::{dragonflow_ok, publish, rel, sql_rows};
-
-fn kafka() -> String {
-    std::env::var("DRAGONFLOW_TEST_KAFKA").expect("DRAGONFLOW_TEST_KAFKA: run the suite with tests/run-all.sh")
-}
-
-fn influx() -> String {
-    std::env::var("DRAGONFLOW_TEST_INFLUX").expect("DRAGONFLOW_TEST_INFLUX: run the suite with tests/run-all.sh")
-}
-
-/// A name unique to this test process and call (topics, databases).
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Runs InfluxQL through InfluxDB's HTTP query API.
-fn influxql(db: &str, q: &str) -> serde_json::Value {
-    let out = Command::new("curl")
-        .args(["-sf", "-G", &format!("{}/query", influx()), "--data-urlencode", &format!("db={db}")])
-        .args(["--data-urlencode", &format!("q={q}"), "--data-urlencode", "epoch=s"])
-        .output()
-        .expect("curl runs");
-    assert!(out.status.success(), "influx query {q} failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("influx answers JSON")
-}
+use crate::common::{dragonflow_ok, influx, influxql, kafka, publish, rel, sql_rows, unique};
 
 /// The rows of the first series of the first statement: column name → value.
 fn influx_series(v: &serde_json::Value) -> Vec<(BTreeMap<String, String>, BTreeMap<String, serde_json::Value>)> {
