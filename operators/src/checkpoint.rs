@@ -135,16 +135,11 @@ impl Tracker {
         while self.side.front().is_some_and(|(t, _)| *t < frontier_time) {
             self.side.pop_front();
         }
+        // Side output read but not emitted yet (`pending_side`) cannot be durable either.
         let mut resume: Mark = (next, max_ts);
-        for mark in self.windows.values().chain(self.side.iter().map(|(_, m)| m)) {
+        for mark in self.windows.values().chain(self.side.iter().map(|(_, m)| m)).chain(&self.pending_side) {
             if mark.0 < resume.0 {
                 resume = *mark;
-            }
-        }
-        if let Some((offset, _)) = self.pending_side {
-            // Read but not emitted yet: cannot be durable.
-            if offset < resume.0 {
-                resume = self.pending_side.unwrap_or(resume);
             }
         }
         self.combined_late.retain(|&o| o >= resume.0);

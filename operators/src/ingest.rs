@@ -115,11 +115,7 @@ impl Ingest {
     }
 
     fn tracker(&mut self, slot: usize) -> Option<&mut Tracker> {
-        let trackers = self.trackers.as_mut()?;
-        if trackers.len() <= slot {
-            trackers.resize_with(slot + 1, Tracker::default);
-        }
-        Some(&mut trackers[slot])
+        tracker_at(&mut self.trackers, slot)
     }
 
     /// Resumes partition `slot` from a checkpoint whose windows before `frontier` are written.
@@ -165,15 +161,7 @@ impl Ingest {
         watermarks.touch(slot, now);
         let order = ((origin.position.max(0) as u64) << 16) | (origin.partition as u64 & 0xffff);
         let max_ts_before = watermarks.max_event_time(slot);
-        let tracker = match self.trackers.as_mut() {
-            Some(trackers) => {
-                if trackers.len() <= slot {
-                    trackers.resize_with(slot + 1, Tracker::default);
-                }
-                Some(&mut trackers[slot])
-            }
-            None => None,
-        };
+        let tracker = tracker_at(&mut self.trackers, slot);
         let mut table = self.table.borrow_mut();
         let mut sink = Sink {
             table: &mut table,
@@ -224,6 +212,15 @@ impl Ingest {
         }
         std::mem::take(&mut self.out)
     }
+}
+
+/// The tracker of partition `slot`, when partitions are tracked.
+fn tracker_at(trackers: &mut Option<Vec<Tracker>>, slot: usize) -> Option<&mut Tracker> {
+    let trackers = trackers.as_mut()?;
+    if trackers.len() <= slot {
+        trackers.resize_with(slot + 1, Tracker::default);
+    }
+    Some(&mut trackers[slot])
 }
 
 struct Sink<'a> {
@@ -309,10 +306,10 @@ impl Decoded for Sink<'_> {
                     self.out.replayed += m.fields.iter().filter(|(_, v)| v.numeric().is_some()).count() as u64;
                     return;
                 } else {
-                    self.watermarks.is_late(self.slot, window_end)
+                    window_end <= self.watermarks.combined()
                 }
             }
-            None => partition_late || self.watermarks.is_late(self.slot, window_end),
+            None => partition_late || window_end <= self.watermarks.combined(),
         };
         if let Some(t) = self.tracker.as_deref_mut() {
             if late {

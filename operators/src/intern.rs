@@ -206,16 +206,7 @@ impl SeriesTable {
         let measurement = self.name(measurement);
         let instance = self.name(instance);
         let group = Group { agent, measurement, instance, fields: Vec::new(), last_seen: self.evicted_at };
-        let id = match self.free_groups.pop() {
-            Some(id) => {
-                self.groups[id as usize] = Some(group);
-                id
-            }
-            None => {
-                self.groups.push(Some(group));
-                (self.groups.len() - 1) as u32
-            }
-        };
+        let id = take_slot(&mut self.groups, &mut self.free_groups, group);
         self.group_index.insert(key, id);
         id
     }
@@ -246,16 +237,7 @@ impl SeriesTable {
         let field = self.name(field);
         let g = self.groups[group as usize].as_mut().expect("a group id from SeriesTable::group");
         let key = SeriesKey::new(g.agent.clone(), g.measurement.clone(), g.instance.clone(), field.clone());
-        let id = match self.free_series.pop() {
-            Some(id) => {
-                self.series[id as usize] = Some(key);
-                id
-            }
-            None => {
-                self.series.push(Some(key));
-                (self.series.len() - 1) as u32
-            }
-        };
+        let id = take_slot(&mut self.series, &mut self.free_series, key);
         g.fields.push((field, id));
         self.live += 1;
         Ok(id)
@@ -405,6 +387,20 @@ struct Footprint {
     names: usize,
     series_slots: usize,
     quarantined: usize,
+}
+
+/// Puts `value` in a free slot of `slots` (or a new one at the end) and returns its id.
+fn take_slot<T>(slots: &mut Vec<Option<T>>, free: &mut Vec<u32>, value: T) -> u32 {
+    match free.pop() {
+        Some(id) => {
+            slots[id as usize] = Some(value);
+            id
+        }
+        None => {
+            slots.push(Some(value));
+            (slots.len() - 1) as u32
+        }
+    }
 }
 
 #[cfg(test)]

@@ -123,7 +123,7 @@ impl Watermarks {
     /// the combined watermark already published (its window has been emitted).
     #[inline]
     pub fn is_late(&self, slot: usize, window_end: i64) -> bool {
-        window_end <= self.combined || self.partition_watermark(slot).is_some_and(|w| window_end <= w)
+        window_end <= self.combined || self.is_partition_late(slot, window_end)
     }
 
     /// The combined watermark published so far (`i64::MIN` before any).

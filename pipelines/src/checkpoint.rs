@@ -60,6 +60,16 @@ pub struct FinalContribution {
     pub partitions: Vec<FinalPartition>,
 }
 
+impl FinalContribution {
+    /// Where each partition resumes given `frontier`.
+    fn checkpoints(&mut self, frontier: i64) -> Vec<PartitionCheckpoint> {
+        self.partitions
+            .iter_mut()
+            .map(|p| p.tracker.checkpoint(&p.source, p.partition, frontier, p.next, p.max_ts))
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// The epoch being gathered: its number and frontier.
@@ -154,11 +164,7 @@ impl Coordinator {
         for i in 0..self.workers {
             if s.contributions[i].is_none() {
                 if let Some(f) = s.finals[i].as_mut() {
-                    let parts = f
-                        .partitions
-                        .iter_mut()
-                        .map(|p| p.tracker.checkpoint(&p.source, p.partition, frontier, p.next, p.max_ts));
-                    s.contributions[i] = Some(parts.collect());
+                    s.contributions[i] = Some(f.checkpoints(frontier));
                 }
             }
         }
@@ -200,12 +206,8 @@ impl Coordinator {
             (None, Some(c)) => c,
             (None, None) => return Ok(None),
         };
-        let mut partitions: Vec<PartitionCheckpoint> = Vec::new();
-        for f in s.finals.iter_mut().flatten() {
-            for p in f.partitions.iter_mut() {
-                partitions.push(p.tracker.checkpoint(&p.source, p.partition, frontier, p.next, p.max_ts));
-            }
-        }
+        let mut partitions: Vec<PartitionCheckpoint> =
+            s.finals.iter_mut().flatten().flat_map(|f| f.checkpoints(frontier)).collect();
         // Partitions no worker read this time keep their entry from the last checkpoint.
         if let Some(w) = &s.written {
             for old in &w.partitions {

@@ -224,12 +224,13 @@ pub fn lake_sink<'scope>(
                 }
                 pending.pop_front();
             }
-            for (i, w) in ws.iter().enumerate() {
-                metrics.set_sink(worker, i, w.status(worker));
-            }
             if timer.is_none_or(|t| t <= now) {
                 activator.activate_after(tick);
                 timer = Some(now + tick);
+                // The sinks' state for the job's status, once per tick rather than per batch.
+                for (i, w) in ws.iter().enumerate() {
+                    metrics.set_sink(worker, i, w.status(worker));
+                }
             }
             if frontiers[0].is_empty() {
                 let mut stats = Vec::new();

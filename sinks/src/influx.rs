@@ -204,11 +204,16 @@ impl InfluxWriter {
         if lines.is_empty() {
             return Ok(());
         }
+        self.shared.queued.fetch_add(lines.len() as u64, Ordering::Relaxed);
+        self.hand_over(Batch { precision, lines, barrier: None })
+    }
+
+    /// Gives a batch to the writer thread. Blocks while the writer is busy retrying:
+    /// backpressure, not unbounded buffering.
+    fn hand_over(&self, batch: Batch) -> Result<(), SinkError> {
         let tx =
             self.tx.as_ref().ok_or_else(|| SinkError::Influx { what: "send".into(), reason: "finished".into() })?;
-        self.shared.queued.fetch_add(lines.len() as u64, Ordering::Relaxed);
-        // Blocks while the writer is busy retrying: backpressure, not unbounded buffering.
-        tx.blocking_send(Batch { precision, lines, barrier: None }).map_err(|_| SinkError::Influx {
+        tx.blocking_send(batch).map_err(|_| SinkError::Influx {
             what: format!("writing to {}", self.cfg.url),
             reason: self.shared.fatal.lock().ok().and_then(|f| f.clone()).unwrap_or_else(|| "writer stopped".into()),
         })
@@ -235,13 +240,7 @@ impl InfluxWriter {
     pub fn barrier(&mut self) -> Result<u64, SinkError> {
         self.flush()?;
         self.barriers += 1;
-        let tx =
-            self.tx.as_ref().ok_or_else(|| SinkError::Influx { what: "send".into(), reason: "finished".into() })?;
-        let barrier = Batch { precision: Precision::Seconds, lines: Vec::new(), barrier: Some(self.barriers) };
-        tx.blocking_send(barrier).map_err(|_| SinkError::Influx {
-            what: format!("writing to {}", self.cfg.url),
-            reason: "writer stopped".into(),
-        })?;
+        self.hand_over(Batch { precision: Precision::Seconds, lines: Vec::new(), barrier: Some(self.barriers) })?;
         Ok(self.barriers)
     }
 

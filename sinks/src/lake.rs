@@ -682,18 +682,7 @@ impl FileWriter {
             }
         };
         let tmp = dir.join(format!(".{name}.tmp"));
-        let written = write_parquet(&tmp, batch, self.props.clone()).and_then(|bytes| {
-            fs::rename(&tmp, &path).map_err(|e| SinkError::io("rename into place", &tmp, e))?;
-            Ok(bytes)
-        });
-        let bytes = match written {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                // Best effort: leave no temporary file behind; the write error is what matters.
-                let _ = fs::remove_file(&tmp);
-                return Err(error);
-            }
-        };
+        let bytes = write_in_place(&tmp, &path, batch, self.props.clone())?;
         self.placed(path, dir, batch.num_rows(), bytes);
         Ok(())
     }
@@ -707,15 +696,7 @@ impl FileWriter {
         let name = format!("{prefix}{:03}{suffix}", self.worker);
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.tmp-{}", self.run_ms));
-        let bytes = match write_parquet(&tmp, batch, self.props.clone()).and_then(|bytes| {
-            fs::rename(&tmp, &path).map(|_| bytes).map_err(|e| SinkError::io("rename into place", &tmp, e))
-        }) {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                let _ = fs::remove_file(&tmp);
-                return Err(error);
-            }
-        };
+        let bytes = write_in_place(&tmp, &path, batch, self.props.clone())?;
         let entries = fs::read_dir(&dir).map_err(|e| SinkError::io("list", &dir, e))?;
         for entry in entries.flatten() {
             let other = entry.file_name();
@@ -749,6 +730,20 @@ impl FileWriter {
         }
         Ok(dir)
     }
+}
+
+/// Writes `batch` under the temporary name `tmp` and renames it to `path`, replacing what was
+/// there; returns its size in bytes. On failure no temporary file is left behind.
+fn write_in_place(tmp: &Path, path: &Path, batch: &RecordBatch, props: WriterProperties) -> Result<u64, SinkError> {
+    let written = write_parquet(tmp, batch, props).and_then(|bytes| {
+        fs::rename(tmp, path).map_err(|e| SinkError::io("rename into place", tmp, e))?;
+        Ok(bytes)
+    });
+    if written.is_err() {
+        // Best effort: the write error is what matters.
+        let _ = fs::remove_file(tmp);
+    }
+    written
 }
 
 /// Writes `batch` as one Parquet file at `path`; returns its size in bytes. The file is synced

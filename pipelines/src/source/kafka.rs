@@ -8,7 +8,6 @@
 //! [`crate::checkpoint`]), after the sinks have written what needs them; a job resuming from a
 //! checkpoint seeks each partition to its offset.
 
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -114,12 +113,13 @@ impl Resume {
 /// consumer lag (no extra requests to the broker).
 #[derive(Default)]
 pub struct LagContext {
-    high: Mutex<FxHashMap<(String, i32), i64>>,
+    /// Topic → partition → high watermark.
+    high: Mutex<FxHashMap<String, FxHashMap<i32, i64>>>,
 }
 
 impl LagContext {
     fn high(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.high.lock().ok()?.get(&(topic.to_string(), partition)).copied()
+        self.high.lock().ok()?.get(topic)?.get(&partition).copied()
     }
 }
 
@@ -127,9 +127,10 @@ impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
         let Ok(mut high) = self.high.lock() else { return };
         for (name, topic) in statistics.topics {
+            let parts = high.entry(name).or_default();
             for (id, p) in topic.partitions {
                 if id >= 0 && p.hi_offset >= 0 {
-                    high.insert((name.clone(), id), p.hi_offset);
+                    parts.insert(id, p.hi_offset);
                 }
             }
         }
@@ -142,7 +143,7 @@ impl ConsumerContext for LagContext {}
 pub type Kafka = BaseConsumer<LagContext>;
 
 pub struct KafkaReader {
-    consumer: Rc<Kafka>,
+    consumer: Kafka,
     spec: KafkaSource,
     regex: Option<Regex>,
     worker: usize,
@@ -197,7 +198,7 @@ impl KafkaReader {
         control: Arc<JobControl>,
         resume: Option<Arc<Checkpoint>>,
     ) -> Result<Self, KafkaError> {
-        let consumer = Rc::new(consumer(&spec)?);
+        let consumer = consumer(&spec)?;
         let regex = spec.topic_regex.as_deref().map(Regex::new).transpose().ok().flatten();
         Ok(KafkaReader {
             consumer,
