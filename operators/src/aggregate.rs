@@ -1,4 +1,5 @@
-//! The window aggregate: count, sum, min, max, mean and last of one series in one window.
+//! The window aggregate: count, sum, min, max, mean, first and last of one series in one
+//! window, and from first and last the per-second rate of a cumulative counter.
 //!
 //! Aggregates are mergeable, so each worker pre-aggregates what it reads and only the partial
 //! aggregates cross workers. The sum is kept as a double-double (`sum` + `sum_err`, Knuth's
@@ -18,6 +19,10 @@ pub struct Agg {
     pub last: f64,
     pub last_ts: i64,
     pub last_order: u64,
+    /// Value with the least `(first_ts, first_order)`.
+    pub first: f64,
+    pub first_ts: i64,
+    pub first_order: u64,
 }
 
 #[inline]
@@ -41,6 +46,9 @@ impl Agg {
             last: value,
             last_ts: ts,
             last_order: order,
+            first: value,
+            first_ts: ts,
+            first_order: order,
         }
     }
 
@@ -58,6 +66,11 @@ impl Agg {
             self.last = value;
             self.last_ts = ts;
             self.last_order = order;
+        }
+        if (ts, order) < (self.first_ts, self.first_order) {
+            self.first = value;
+            self.first_ts = ts;
+            self.first_order = order;
         }
     }
 
@@ -81,10 +94,23 @@ impl Agg {
             self.last_ts = other.last_ts;
             self.last_order = other.last_order;
         }
+        if (other.first_ts, other.first_order) < (self.first_ts, self.first_order) {
+            self.first = other.first;
+            self.first_ts = other.first_ts;
+            self.first_order = other.first_order;
+        }
     }
 
     pub fn sum(&self) -> f64 {
         self.sum_hi + self.sum_lo
+    }
+
+    /// The per-second rate of a cumulative counter over the window: the increase from the first
+    /// to the last value divided by the time between them. A counter that went down was reset,
+    /// and its increase is counted from zero (the last value), so the rate is never negative.
+    /// `None` with fewer than two distinct timestamps.
+    pub fn rate(&self) -> Option<f64> {
+        counter_rate(self.first_ts, self.first, self.last_ts, self.last)
     }
 
     pub fn mean(&self) -> f64 {
@@ -92,6 +118,15 @@ impl Agg {
         let n = self.count as f64;
         self.sum_hi / n + self.sum_lo / n
     }
+}
+
+/// The non-negative derivative between two samples of a counter, per second (timestamps in ns).
+pub fn counter_rate(first_ts: i64, first: f64, last_ts: i64, last: f64) -> Option<f64> {
+    if last_ts <= first_ts {
+        return None;
+    }
+    let increase = if last >= first { last - first } else { last.max(0.0) };
+    Some(increase / ((last_ts - first_ts) as f64 / 1e9))
 }
 
 #[cfg(test)]
@@ -131,7 +166,9 @@ mod tests {
                 (None, None) => unreachable!(),
             };
             let (n, sum, min, max, last) = reference(&values);
+            let first = values.iter().min_by_key(|v| (v.0, v.1)).unwrap();
             for a in [whole, merged] {
+                prop_assert_eq!((a.first, a.first_ts), (first.2, first.0));
                 prop_assert_eq!(a.count, n);
                 prop_assert!((a.sum() - sum).abs() <= 1e-9 * sum.abs().max(1.0));
                 prop_assert_eq!(a.min, min);
@@ -141,6 +178,16 @@ mod tests {
             // Exact summation: the order of combination does not change the bits.
             prop_assert_eq!(whole.sum(), merged.sum());
         }
+    }
+
+    #[test]
+    fn rate_is_non_negative_across_resets() {
+        let mut a = Agg::of(0, 0, 100.0);
+        a.add(2_000_000_000, 1, 300.0);
+        assert_eq!(a.rate(), Some(100.0));
+        a.add(4_000_000_000, 2, 40.0); // reset: counted from zero
+        assert_eq!(a.rate(), Some(10.0));
+        assert_eq!(Agg::of(5, 0, 1.0).rate(), None);
     }
 
     #[test]

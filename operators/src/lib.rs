@@ -7,6 +7,7 @@
 //! - [`aggregate`]: the mergeable window aggregate (count, sum, min, max, mean, last).
 //! - [`ingest`]: turns raw messages into observation batches stamped with their window, splitting off late and rejected records.
 //! - [`window`]: the `WindowAggregate` timely operator.
+//! - [`registry`]: the agent registry's records.
 //! - [`checkpoint`]: per-partition bookkeeping that lets a replayable source resume exactly.
 
 pub mod aggregate;
@@ -15,6 +16,7 @@ pub mod decode;
 pub mod ingest;
 pub mod intern;
 pub mod model;
+pub mod registry;
 pub mod time;
 pub mod window;
 

@@ -182,12 +182,77 @@ pub fn truncate_payload(payload: &[u8]) -> String {
     text
 }
 
+/// One row of the `agents` table: an agent's registry record as of `time`, written when the
+/// record changes (first sighting, registry file or topic update, removal, health change) and in
+/// a periodic snapshot that refreshes `last_seen`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentRow {
+    /// Event time (ns) from which this version of the record holds.
+    pub time: i64,
+    pub record: crate::registry::AgentRecord,
+    /// Start of the first and of the last window with data from the agent (ns), if any.
+    pub first_seen: Option<i64>,
+    pub last_seen: Option<i64>,
+    /// `unknown`, `healthy` or `unhealthy`.
+    pub health: String,
+    /// The record was removed (a tombstone); the row keeps its last values.
+    pub deleted: bool,
+}
+
+/// One row of the `agent_health` table: a change of an agent's health.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HealthRow {
+    /// Event time (ns) of the change: the start of the window whose data made the agent healthy,
+    /// or the end of its last silent window.
+    pub time: i64,
+    pub ns_id: String,
+    pub mcis_id: String,
+    pub vm_id: String,
+    pub csp_type: String,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}
+
+/// One row of the `groups` table: a metric of one group of VMs in one window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupRow {
+    pub window_start: i64,
+    pub window_end: i64,
+    /// `ns`, `mcis`, `csp`, `os`.
+    pub level: String,
+    pub group_id: String,
+    pub metric: String,
+    pub value: f64,
+    /// VMs of the group with data in the window.
+    pub vm_count: u64,
+}
+
+/// One row of the `rankings` table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RankRow {
+    pub window_start: i64,
+    pub window_end: i64,
+    pub level: String,
+    pub metric: String,
+    /// `top` (largest first) or `bottom` (smallest first).
+    pub order: String,
+    /// 1-based.
+    pub rank: u32,
+    pub group_id: String,
+    pub value: f64,
+}
+
 /// Everything a sink receives.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SinkItem {
     Aggregates(WindowBatch),
     Late(Vec<LateRow>),
     Rejects(Vec<RejectRow>),
+    Agents(Vec<AgentRow>),
+    Health(Vec<HealthRow>),
+    Groups(Vec<GroupRow>),
+    Rankings(Vec<RankRow>),
 }
 
 #[cfg(test)]

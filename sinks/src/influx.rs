@@ -186,6 +186,7 @@ impl InfluxWriter {
             SinkItem::Aggregates(batch) => encode_window(&batch, &mut self.seconds),
             SinkItem::Late(rows) => rows.iter().for_each(|r| self.nanos.push(encode_late(r))),
             SinkItem::Rejects(rows) => rows.iter().for_each(|r| self.nanos.push(encode_reject(r))),
+            _ => {}
         }
         while self.seconds.len() >= self.cfg.batch_lines {
             let rest = self.seconds.split_off(self.cfg.batch_lines);

@@ -217,6 +217,7 @@ impl LakeWriter {
                 rows.iter().for_each(|row| self.rejects.push(row));
                 (Table::Rejects, self.rejects.len())
             }
+            _ => return Ok(()),
         };
         if buffered >= self.cfg.max_buffered_rows {
             self.flush_table(table)?;
