@@ -6,6 +6,7 @@
 //! TwoSum), which makes it exact to about 1e-30 relative and therefore independent of the
 //! order in which values and partial aggregates are combined: replays produce the same bits.
 
+use rustc_hash::FxHashSet;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -127,6 +128,39 @@ pub fn counter_rate(first_ts: i64, first: f64, last_ts: i64, last: f64) -> Optio
     }
     let increase = if last >= first { last - first } else { last.max(0.0) };
     Some(increase / ((last_ts - first_ts) as f64 / 1e9))
+}
+
+/// Which fields are cumulative counters: whole measurements (`net`) or single fields
+/// (`nginx.requests`). By default every field of `diskio` and `net`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Counters {
+    measurements: FxHashSet<Box<str>>,
+    fields: FxHashSet<(Box<str>, Box<str>)>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters::new(["diskio", "net"])
+    }
+}
+
+impl Counters {
+    /// From entries `measurement` or `measurement.field`.
+    pub fn new<S: AsRef<str>>(entries: impl IntoIterator<Item = S>) -> Self {
+        let mut c = Counters { measurements: FxHashSet::default(), fields: FxHashSet::default() };
+        for e in entries {
+            match e.as_ref().split_once('.') {
+                Some((m, f)) => c.fields.insert((m.into(), f.into())),
+                None => c.measurements.insert(e.as_ref().into()),
+            };
+        }
+        c
+    }
+
+    pub fn is_counter(&self, measurement: &str, field: &str) -> bool {
+        self.measurements.contains(measurement)
+            || (!self.fields.is_empty() && self.fields.contains(&(measurement.into(), field.into())))
+    }
 }
 
 #[cfg(test)]

@@ -7,12 +7,14 @@
 //! - [`aggregate`]: the mergeable window aggregate (count, sum, min, max, mean, last).
 //! - [`ingest`]: turns raw messages into observation batches stamped with their window, splitting off late and rejected records.
 //! - [`window`]: the `WindowAggregate` timely operator.
+//! - [`groups`]: the agent registry, agent health, group metrics and rankings (differential dataflow).
 //! - [`registry`]: the agent registry's records.
 //! - [`checkpoint`]: per-partition bookkeeping that lets a replayable source resume exactly.
 
 pub mod aggregate;
 pub mod checkpoint;
 pub mod decode;
+pub mod groups;
 pub mod ingest;
 pub mod intern;
 pub mod model;
