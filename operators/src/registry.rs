@@ -61,3 +61,13 @@ impl AgentRecord {
         }
     }
 }
+
+/// A change of the registry: a new version of a key's record, or its removal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegistryUpdate {
+    pub key: String,
+    /// Event time (ns) from which the change holds; `None`: from the first window not yet closed.
+    pub time: Option<i64>,
+    /// `None` removes the key.
+    pub record: Option<AgentRecord>,
+}
