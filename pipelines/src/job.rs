@@ -1,4 +1,4 @@
-//! A job, wired top to bottom: source → window aggregate → sinks, on `workers` timely workers.
+//! A job, wired top to bottom: source → window aggregate → fleet metrics → sinks, on `workers` timely workers.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -19,6 +19,7 @@ use timely::dataflow::operators::{Concat, Inspect, Probe};
 
 use crate::checkpoint::{Checkpoint, Coordinator};
 use crate::control::JobControl;
+use crate::fleet::{open_registry_file, registry_updates, RegistryInputs};
 use crate::metrics::JobMetrics;
 use crate::sink::{lake_sink, SinkOutcome, Writer};
 use crate::source::file::FileReader;
@@ -104,6 +105,9 @@ pub fn run_job(
     if let SourceSpec::File(f) = &spec.source {
         // Fail before starting workers, with the path in the message.
         std::fs::metadata(&f.path).map_err(|e| JobError::Source(format!("{}: {e}", f.path.display())))?;
+    }
+    if let (Some(_), Some(path)) = (spec.groups_config(), &spec.registry.file) {
+        open_registry_file(path).map_err(JobError::Source)?;
     }
     let config = if options.hosts.len() > 1 {
         timely::Config {
@@ -220,6 +224,7 @@ fn run_worker(
                     flush_interval: p.flush_interval,
                     workers: peers,
                     job: spec.source_id(),
+                    counters: spec.counters(),
                     ..LakeConfig::default()
                 };
                 writers.push(Writer::Lake(Box::new(LakeWriter::new(cfg, index).map_err(|e| e.to_string())?)));
@@ -239,6 +244,7 @@ fn run_worker(
                     max_in_flight: 4,
                     retry_for: i.retry_for,
                     flush_interval: i.flush_interval,
+                    counters: spec.counters(),
                 };
                 writers.push(Writer::Influx(Box::new(InfluxWriter::new(cfg, index).map_err(|e| e.to_string())?)));
             }
@@ -260,6 +266,19 @@ fn run_worker(
         }
     }
 
+    let groups = spec.groups_config();
+    let registry_inputs = match (&groups, index) {
+        (Some(_), 0) => Some(RegistryInputs {
+            file: spec.registry.file.as_ref().map(operators::registry::RegistryFile::new),
+            topic: match (&spec.registry.topic, &spec.source) {
+                (Some(topic), SourceSpec::Kafka(k)) => Some(crate::source::registry::RegistryTopic::new(k, topic)?),
+                _ => None,
+            },
+            reload_interval: spec.registry.reload_interval,
+        }),
+        _ => None,
+    };
+
     let size = window.size;
     let sink_outcome = outcome.clone();
     let sink_metrics = metrics.clone();
@@ -277,12 +296,17 @@ fn run_worker(
             _ => unreachable!("one source is always built"),
         };
         let window_metrics = metrics.clone();
-        let results = observations
+        let windows = observations
             .window_aggregate(table, size)
-            .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()))
-            .map(SinkItem::Aggregates);
-        lake_sink(results.concat(side), writers, flush_interval, sink_metrics, sink_outcome, barriers)
-            .probe_with(&probe);
+            .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()));
+        let mut items = windows.clone().map(SinkItem::Aggregates).concat(side);
+        if let Some(config) = groups {
+            let closed = ProbeHandle::new();
+            let windows = windows.probe_with(&closed);
+            let updates = registry_updates(scope, registry_inputs, closed);
+            items = items.concat(operators::groups::fleet_metrics(windows, updates, config));
+        }
+        lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);
     });
 
     while worker.step_or_park(Some(Duration::from_millis(100))) {}

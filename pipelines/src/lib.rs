@@ -4,11 +4,13 @@
 //! - [`spec`]: the job spec (TOML or JSON), validated with errors that name the field.
 //! - [`source`]: file and Kafka readers and the source operator that stamps event time.
 //! - [`sink`]: the operator that feeds the sinks.
+//! - [`fleet`]: the registry-updates source of the fleet metrics (groups, rankings, health).
 //! - [`job`]: one function that wires a job top to bottom and runs it.
 //! - [`control`], [`metrics`]: stopping a job, and watching it.
 
 pub mod checkpoint;
 pub mod control;
+pub mod fleet;
 pub mod job;
 pub mod metrics;
 pub mod sink;

@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use operators::aggregate::Counters;
 use operators::decode::{Format, TimestampUnit};
+use operators::groups::vm::BUILTIN_METRICS;
+use operators::groups::{CustomMetric, GroupsConfig, Level, OverVms, PerVm};
 use serde::{Deserialize, Serialize};
 
 /// A whole job.
@@ -26,6 +29,15 @@ pub struct JobSpec {
     pub checkpoint: CheckpointConfig,
     #[serde(rename = "sink")]
     pub sinks: Vec<SinkSpec>,
+    /// Group metrics, rankings, agents and agent health (`docs/groups.md`).
+    #[serde(default)]
+    pub groups: GroupsSpec,
+    /// Where agent records come from besides the data, and agent health.
+    #[serde(default)]
+    pub registry: RegistrySpec,
+    /// Which fields are cumulative counters (they get a rate per window).
+    #[serde(default)]
+    pub counters: CountersSpec,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -193,6 +205,125 @@ pub struct KeysConfig {
     /// (`cpu = "cpu"`, `disk = "path"`, `diskio = "name"`, `net = "interface"`).
     #[serde(default)]
     pub instance_tags: std::collections::BTreeMap<String, String>,
+}
+
+/// `[groups]`: which group levels are computed, the rankings' k, extra group metrics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupsSpec {
+    /// `false`: no groups, rankings, agents or agent health.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_levels", deserialize_with = "level_list")]
+    pub levels: Vec<Level>,
+    /// Top-k and bottom-k of the rankings.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    /// `[[groups.metric]]`: group metrics besides the built-in ones.
+    #[serde(default, rename = "metric")]
+    pub metrics: Vec<GroupMetricSpec>,
+}
+
+impl Default for GroupsSpec {
+    fn default() -> Self {
+        GroupsSpec { enabled: true, levels: default_levels(), k: default_k(), metrics: Vec::new() }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_levels() -> Vec<Level> {
+    Level::ALL.to_vec()
+}
+fn default_k() -> usize {
+    5
+}
+
+/// Group levels by name, each error naming its element (`groups.levels[1]`).
+fn level_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Level>, D::Error> {
+    struct Named(Level);
+    impl<'de> Deserialize<'de> for Named {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let name = String::deserialize(d)?;
+            name.parse().map(Named).map_err(serde::de::Error::custom)
+        }
+    }
+    Ok(Vec::<Named>::deserialize(d)?.into_iter().map(|n| n.0).collect())
+}
+
+/// One `[[groups.metric]]`: `aggregate` of `measurement.field` per VM, combined `over_vms`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMetricSpec {
+    pub name: String,
+    pub measurement: String,
+    pub field: String,
+    pub aggregate: PerVm,
+    pub over_vms: OverVms,
+}
+
+/// `[registry]`: agent records from a file and/or a Kafka topic, and agent health.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySpec {
+    /// A JSON or CSV file of records, read again when it changes. A relative path is taken as
+    /// given (relative to the working directory), like the other paths of the spec.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A topic of registry updates on the Kafka source's brokers.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// Silent windows before an agent is unhealthy.
+    #[serde(default = "default_unhealthy_after")]
+    pub unhealthy_after: u32,
+    /// Event time between two full snapshots in the `agents` table.
+    #[serde(default = "default_snapshot_every", with = "humantime_serde")]
+    pub snapshot_every: Duration,
+    /// How often (wall clock) the file is checked for changes.
+    #[serde(default = "default_reload_interval", with = "humantime_serde")]
+    pub reload_interval: Duration,
+}
+
+impl Default for RegistrySpec {
+    fn default() -> Self {
+        RegistrySpec {
+            file: None,
+            topic: None,
+            unhealthy_after: default_unhealthy_after(),
+            snapshot_every: default_snapshot_every(),
+            reload_interval: default_reload_interval(),
+        }
+    }
+}
+
+fn default_unhealthy_after() -> u32 {
+    3
+}
+fn default_snapshot_every() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_reload_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// `[counters]`: the cumulative counters, as `measurement` (all its fields) or
+/// `measurement.field`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountersSpec {
+    #[serde(default = "default_counter_fields")]
+    pub fields: Vec<String>,
+}
+
+impl Default for CountersSpec {
+    fn default() -> Self {
+        CountersSpec { fields: default_counter_fields() }
+    }
+}
+
+fn default_counter_fields() -> Vec<String> {
+    vec!["diskio".into(), "net".into()]
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -543,7 +674,142 @@ impl JobSpec {
                 "a Kafka job without a parquet sink needs a directory for its checkpoints",
             ));
         }
+        self.validate_counters()?;
+        self.validate_groups()?;
+        self.validate_registry()
+    }
+
+    fn validate_counters(&self) -> Result<(), SpecError> {
+        for (i, entry) in self.counters.fields.iter().enumerate() {
+            let whole = match entry.split_once('.') {
+                Some((m, f)) => !m.is_empty() && !f.is_empty(),
+                None => !entry.is_empty(),
+            };
+            if !whole {
+                return Err(SpecError::new(
+                    format!("counters.fields[{i}]"),
+                    format!("expected \"measurement\" or \"measurement.field\", got {entry:?}"),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn validate_groups(&self) -> Result<(), SpecError> {
+        let g = &self.groups;
+        for (i, level) in g.levels.iter().enumerate() {
+            if g.levels[..i].contains(level) {
+                return Err(SpecError::new(format!("groups.levels[{i}]"), format!("\"{level}\" is listed twice")));
+            }
+        }
+        if g.k == 0 {
+            return Err(SpecError::new("groups.k", "must be at least 1"));
+        }
+        let counters = self.counters();
+        for (i, m) in g.metrics.iter().enumerate() {
+            let at = |field: &str| format!("groups.metric[{i}].{field}");
+            if m.name.trim().is_empty() {
+                return Err(SpecError::new(at("name"), "expected a metric name, e.g. \"tps\""));
+            }
+            if BUILTIN_METRICS.contains(&m.name.as_str()) {
+                return Err(SpecError::new(at("name"), format!("{:?} is the name of a built-in group metric", m.name)));
+            }
+            if let Some(j) = g.metrics[..i].iter().position(|o| o.name == m.name) {
+                return Err(SpecError::new(
+                    at("name"),
+                    format!("{:?} is already the name of groups.metric[{j}]", m.name),
+                ));
+            }
+            if m.measurement.is_empty() {
+                return Err(SpecError::new(at("measurement"), "expected a measurement, e.g. \"nginx\""));
+            }
+            if m.field.is_empty() {
+                return Err(SpecError::new(at("field"), "expected a field of the measurement"));
+            }
+            if m.aggregate == PerVm::Rate && !counters.is_counter(&m.measurement, &m.field) {
+                return Err(SpecError::new(
+                    at("aggregate"),
+                    format!(
+                        "\"rate\" needs a counter: add \"{0}\" or \"{0}.{1}\" to counters.fields",
+                        m.measurement, m.field
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_registry(&self) -> Result<(), SpecError> {
+        let r = &self.registry;
+        if r.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(SpecError::new("registry.file", "expected the path of a JSON or CSV file"));
+        }
+        if let Some(topic) = &r.topic {
+            let SourceSpec::Kafka(k) = &self.source else {
+                return Err(SpecError::new("registry.topic", "needs a Kafka source (its brokers serve the topic)"));
+            };
+            let legal = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+            if topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal) {
+                return Err(SpecError::new(
+                    "registry.topic",
+                    format!("expected a Kafka topic name (letters, digits, '.', '_', '-'), got {topic:?}"),
+                ));
+            }
+            let read_as_metrics = k.topics.contains(topic)
+                || k.topic_regex
+                    .as_deref()
+                    .and_then(|re| regex::Regex::new(re).ok())
+                    .is_some_and(|re| re.is_match(topic));
+            if read_as_metrics {
+                return Err(SpecError::new(
+                    "registry.topic",
+                    format!("{topic:?} is also read by the source as metrics (source.topics or source.topic_regex)"),
+                ));
+            }
+        }
+        if r.unhealthy_after == 0 {
+            return Err(SpecError::new("registry.unhealthy_after", "must be at least 1"));
+        }
+        if r.snapshot_every < Duration::from_secs(1) {
+            return Err(SpecError::new("registry.snapshot_every", "must be at least 1s, e.g. \"1m\""));
+        }
+        if r.reload_interval < Duration::from_millis(100) {
+            return Err(SpecError::new("registry.reload_interval", "must be at least 100ms, e.g. \"2s\""));
+        }
+        Ok(())
+    }
+
+    /// The cumulative counters of `[counters]`.
+    pub fn counters(&self) -> Counters {
+        Counters::new(&self.counters.fields)
+    }
+
+    /// What the fleet-metrics stage needs; `None` when `groups.enabled = false`.
+    pub fn groups_config(&self) -> Option<GroupsConfig> {
+        if !self.groups.enabled {
+            return None;
+        }
+        let nanos = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX);
+        Some(GroupsConfig {
+            levels: self.groups.levels.clone(),
+            k: self.groups.k,
+            metrics: self
+                .groups
+                .metrics
+                .iter()
+                .map(|m| CustomMetric {
+                    name: m.name.clone(),
+                    measurement: m.measurement.clone(),
+                    field: m.field.clone(),
+                    aggregate: m.aggregate,
+                    over_vms: m.over_vms,
+                })
+                .collect(),
+            unhealthy_after: self.registry.unhealthy_after,
+            snapshot_every: nanos(self.registry.snapshot_every),
+            window: nanos(self.window.size),
+            counters: self.counters(),
+        })
     }
 
     /// A short name of what the job reads (topics and group, or the file), the same every time
@@ -718,5 +984,186 @@ path = "lake"
             "[source]\nkind = \"kafka\"\nbrokers = \"x:1\"\ntopic_regex = \"(\"\n[[sink]]\nkind = \"parquet\"\npath = \"l\"\n",
         );
         assert_eq!(e.field, "source.topic_regex");
+    }
+
+    const KAFKA: &str = r#"
+[source]
+kind = "kafka"
+brokers = "b:9092"
+topics = ["metrics"]
+[[sink]]
+kind = "parquet"
+path = "lake"
+"#;
+
+    const FULL: &str = r#"
+[groups]
+enabled = true
+levels = ["mcis", "os"]
+k = 3
+
+[[groups.metric]]
+name = "tps"
+measurement = "nginx"
+field = "requests"
+aggregate = "rate"
+over_vms = "sum"
+
+[[groups.metric]]
+name = "conns"
+measurement = "nginx"
+field = "active"
+aggregate = "mean"
+over_vms = "max"
+
+[registry]
+file = "agents.json"
+topic = "agents"
+unhealthy_after = 2
+snapshot_every = "5m"
+reload_interval = "500ms"
+
+[counters]
+fields = ["diskio", "net", "nginx.requests"]
+"#;
+
+    #[test]
+    fn groups_registry_and_counters_default_when_absent() {
+        let spec = JobSpec::parse(GOOD).unwrap();
+        assert_eq!(spec.groups, GroupsSpec::default());
+        assert!(spec.groups.enabled);
+        assert_eq!(spec.groups.levels, vec![Level::Ns, Level::Mcis, Level::Csp, Level::Os]);
+        assert_eq!(spec.groups.k, 5);
+        assert!(spec.groups.metrics.is_empty());
+        assert_eq!(spec.registry, RegistrySpec::default());
+        assert_eq!((spec.registry.file.as_ref(), spec.registry.topic.as_ref()), (None, None));
+        assert_eq!(spec.registry.unhealthy_after, 3);
+        assert_eq!(spec.registry.snapshot_every, Duration::from_secs(60));
+        assert_eq!(spec.registry.reload_interval, Duration::from_secs(2));
+        assert_eq!(spec.counters.fields, vec!["diskio", "net"]);
+
+        let g = spec.groups_config().expect("groups are on by default");
+        assert_eq!((g.levels, g.k, g.metrics.len(), g.unhealthy_after), (Level::ALL.to_vec(), 5, 0, 3));
+        assert_eq!((g.snapshot_every, g.window), (60_000_000_000, 10_000_000_000));
+        assert!(g.counters.is_counter("net", "bytes_recv") && g.counters.is_counter("diskio", "reads"));
+        assert!(!g.counters.is_counter("cpu", "usage_idle"));
+
+        // Empty sections are the defaults too.
+        let spec = JobSpec::parse(&format!("{GOOD}\n[groups]\n[registry]\n[counters]\n")).unwrap();
+        assert_eq!(
+            (spec.groups, spec.registry, spec.counters),
+            (GroupsSpec::default(), RegistrySpec::default(), CountersSpec::default())
+        );
+    }
+
+    #[test]
+    fn groups_registry_and_counters_sections_are_read() {
+        let spec = JobSpec::parse(&format!("{KAFKA}{FULL}")).unwrap();
+        assert_eq!(spec.groups.levels, vec![Level::Mcis, Level::Os]);
+        assert_eq!(spec.groups.k, 3);
+        assert_eq!(
+            spec.groups.metrics[0],
+            GroupMetricSpec {
+                name: "tps".into(),
+                measurement: "nginx".into(),
+                field: "requests".into(),
+                aggregate: PerVm::Rate,
+                over_vms: OverVms::Sum,
+            }
+        );
+        assert_eq!((spec.groups.metrics[1].aggregate, spec.groups.metrics[1].over_vms), (PerVm::Mean, OverVms::Max));
+        assert_eq!(spec.registry.file.as_deref(), Some(std::path::Path::new("agents.json")));
+        assert_eq!(spec.registry.topic.as_deref(), Some("agents"));
+        assert_eq!(spec.registry.unhealthy_after, 2);
+        assert_eq!(spec.registry.snapshot_every, Duration::from_secs(300));
+        assert_eq!(spec.registry.reload_interval, Duration::from_millis(500));
+
+        let g = spec.groups_config().unwrap();
+        assert_eq!(g.levels, vec![Level::Mcis, Level::Os]);
+        assert_eq!((g.k, g.unhealthy_after, g.snapshot_every), (3, 2, 300_000_000_000));
+        assert_eq!(g.metrics[0].name, "tps");
+        assert_eq!(g.metrics[1].over_vms, OverVms::Max);
+        assert!(g.counters.is_counter("nginx", "requests") && !g.counters.is_counter("nginx", "active"));
+
+        let off = JobSpec::parse(&format!("{GOOD}\n[groups]\nenabled = false\n")).unwrap();
+        assert!(off.groups_config().is_none());
+        // Counters apply without groups too.
+        assert!(off.counters().is_counter("net", "bytes_sent"));
+    }
+
+    #[test]
+    fn spec_with_groups_round_trips_through_serde() {
+        for text in [GOOD.to_string(), format!("{KAFKA}{FULL}")] {
+            let spec = JobSpec::parse(&text).unwrap();
+            let json = serde_json::to_string(&spec).unwrap();
+            let back = JobSpec::parse(&json).unwrap();
+            assert_eq!(serde_json::to_string(&back).unwrap(), json);
+            assert_eq!((back.groups, back.registry, back.counters), (spec.groups, spec.registry, spec.counters));
+        }
+    }
+
+    #[test]
+    fn bad_groups_registry_and_counters_name_the_field() {
+        let full = format!("{KAFKA}{FULL}");
+        let cases = [
+            (
+                full.replace(r#"["mcis", "os"]"#, r#"["ns", "rack"]"#),
+                "groups.levels[1]",
+                r#"unknown group level "rack""#,
+            ),
+            (full.replace(r#"["mcis", "os"]"#, r#"["ns", "os", "ns"]"#), "groups.levels[2]", "listed twice"),
+            (full.replace("k = 3", "k = 0"), "groups.k", "must be at least 1"),
+            (full.replace("k = 3", "k = -1"), "groups.k", "invalid value"),
+            (full.replace("k = 3", "top = 3"), "groups.top", "unknown field"),
+            (
+                full.replace(r#"aggregate = "rate""#, r#"aggregate = "median""#),
+                "groups.metric[0].aggregate",
+                "unknown variant",
+            ),
+            (
+                full.replace(r#"over_vms = "sum""#, r#"over_vms = "avg""#),
+                "groups.metric[0].over_vms",
+                "unknown variant",
+            ),
+            (full.replace(r#"over_vms = "sum""#, ""), "groups.metric[0].over_vms", "missing field"),
+            (
+                full.replace(r#"over_vms = "sum""#, "over_vms = \"sum\"\nunit = \"x\""),
+                "groups.metric[0].unit",
+                "unknown field",
+            ),
+            (full.replace(r#""nginx.requests""#, r#""nginx.other""#), "groups.metric[0].aggregate", "needs a counter"),
+            (full.replace(r#"name = "tps""#, r#"name = "cpu_util_mean""#), "groups.metric[0].name", "built-in"),
+            (
+                full.replace(r#"name = "conns""#, r#"name = "tps""#),
+                "groups.metric[1].name",
+                "already the name of groups.metric[0]",
+            ),
+            (full.replace(r#"name = "tps""#, r#"name = """#), "groups.metric[0].name", "expected a metric name"),
+            (full.replace(r#"field = "active""#, r#"field = """#), "groups.metric[1].field", "expected a field"),
+            (full.replace(r#"file = "agents.json""#, r#"file = """#), "registry.file", "expected the path"),
+            (full.replace(r#"topic = "agents""#, r#"topic = "metrics""#), "registry.topic", "also read by the source"),
+            (full.replace(r#"topic = "agents""#, r#"topic = "a b""#), "registry.topic", "topic name"),
+            (format!("{GOOD}\n[registry]\ntopic = \"agents\"\n"), "registry.topic", "needs a Kafka source"),
+            (
+                full.replace("unhealthy_after = 2", "unhealthy_after = 0"),
+                "registry.unhealthy_after",
+                "must be at least 1",
+            ),
+            (full.replace(r#""5m""#, r#""0s""#), "registry.snapshot_every", "at least 1s"),
+            (full.replace(r#""5m""#, r#""soon""#), "registry.snapshot_every", "duration"),
+            (full.replace(r#""500ms""#, r#""1ms""#), "registry.reload_interval", "at least 100ms"),
+            (full.replace("reload_interval", "reload"), "registry.reload", "unknown field"),
+            (full.replace(r#""net", "nginx.requests""#, r#""net.""#), "counters.fields[1]", "measurement.field"),
+            (full.replace(r#""diskio", "net""#, r#""""#), "counters.fields[0]", "measurement"),
+            (full.replace("[counters]\nfields", "[counters]\nfield"), "counters.field", "unknown field"),
+        ];
+        for (text, field, msg) in cases {
+            let e = refused(&text);
+            assert_eq!(e.field, field, "{text}\n-> {e}");
+            assert!(e.message.contains(msg), "{text}\n-> {e}");
+        }
+        // A topic the regular expression of the source matches is read as metrics too.
+        let regex = full.replace(r#"topics = ["metrics"]"#, r#"topic_regex = "^a.*""#);
+        assert_eq!(refused(&regex).field, "registry.topic");
     }
 }

@@ -9,6 +9,13 @@
 //! are retried with exponential backoff and jitter for up to `retry_for`; a 4xx answer for a batch
 //! is bisected until only the offending lines remain, and those become rejects. Points are
 //! idempotent (same series and timestamp), so a replayed window overwrites itself.
+//!
+//! Measurements besides the aggregates' own: `dragonflow_groups` (one point per window, level,
+//! group and metric), `dragonflow_rankings` (one per window, level, metric, order and rank) —
+//! both at the window start, in seconds, like the aggregates — and `dragonflow_agent_health`,
+//! `dragonflow_late` and `dragonflow_rejects` at their event time in nanoseconds. The agent
+//! registry's rows (`agents_history` in the lake) are not written to InfluxDB: they are versions of
+//! records rather than measurements, and their health changes arrive as `dragonflow_agent_health`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -24,8 +31,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use influxdb_line_protocol::builder::LineProtocolBuilder;
-use operators::aggregate::Agg;
-use operators::model::{LateRow, Origin, RejectRow, SeriesKey, SinkItem, WindowBatch};
+use operators::aggregate::{Agg, Counters};
+use operators::model::{GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch};
 
 use crate::error::SinkError;
 
@@ -50,6 +57,9 @@ pub struct InfluxConfig {
     pub retry_for: Duration,
     /// Flush buffered lines at least this often.
     pub flush_interval: Duration,
+    /// Which `(measurement, field)` series are cumulative counters: their points get a
+    /// `<field>_rate` field. Default [`Counters::default`] (every field of `diskio` and `net`).
+    pub counters: Counters,
 }
 
 impl InfluxConfig {
@@ -67,6 +77,7 @@ impl InfluxConfig {
             max_in_flight: 4,
             retry_for: Duration::from_secs(600),
             flush_interval: Duration::from_secs(10),
+            counters: Counters::default(),
         }
     }
 }
@@ -183,10 +194,14 @@ impl InfluxWriter {
     pub fn push(&mut self, item: SinkItem) -> Result<(), SinkError> {
         self.check()?;
         match item {
-            SinkItem::Aggregates(batch) => encode_window(&batch, &mut self.seconds),
+            SinkItem::Aggregates(batch) => encode_window(&batch, &self.cfg.counters, &mut self.seconds),
+            SinkItem::Groups(rows) => rows.iter().for_each(|r| self.seconds.push(encode_group(r))),
+            SinkItem::Rankings(rows) => rows.iter().for_each(|r| self.seconds.push(encode_rank(r))),
+            SinkItem::Health(rows) => rows.iter().for_each(|r| self.nanos.push(encode_health(r))),
             SinkItem::Late(rows) => rows.iter().for_each(|r| self.nanos.push(encode_late(r))),
             SinkItem::Rejects(rows) => rows.iter().for_each(|r| self.nanos.push(encode_reject(r))),
-            _ => {}
+            // Registry records are not written to InfluxDB (see the module docs).
+            SinkItem::Agents(_) => {}
         }
         while self.seconds.len() >= self.cfg.batch_lines {
             let rest = self.seconds.split_off(self.cfg.batch_lines);
@@ -320,8 +335,9 @@ where
 type PointKey<'a> = (&'a str, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
 
 /// One point per (agent, measurement, instance) of the window: `<field>` = mean, `<field>_min`,
-/// `<field>_max`, `<field>_last`, and `count`; timestamp = window start in seconds.
-fn encode_window(batch: &WindowBatch, out: &mut Vec<Vec<u8>>) {
+/// `<field>_max`, `<field>_last`, for counters `<field>_rate` (when the window has a rate), and
+/// `count`; timestamp = window start in seconds.
+fn encode_window(batch: &WindowBatch, counters: &Counters, out: &mut Vec<Vec<u8>>) {
     let mut groups: BTreeMap<PointKey<'_>, Vec<(&SeriesKey, &Agg)>> = BTreeMap::new();
     for (k, a) in &batch.rows {
         let ag = &k.agent;
@@ -344,9 +360,53 @@ fn encode_window(batch: &WindowBatch, out: &mut Vec<Vec<u8>>) {
                 .field(&format!("{f}_min"), a.min)
                 .field(&format!("{f}_max"), a.max)
                 .field(&format!("{f}_last"), a.last);
+            if let Some(rate) = a.rate().filter(|_| counters.is_counter(&k.measurement, f)) {
+                fields = fields.field(&format!("{f}_rate"), rate);
+            }
         }
         out.push(trim_newline(fields.timestamp(ts).close_line().build()));
     }
+}
+
+/// Adds the tags in the order given (sorted by key, as InfluxDB prefers), leaving out empty values,
+/// which InfluxDB refuses.
+fn put_tags<B: bytes::BufMut>(
+    mut b: LineProtocolBuilder<B, influxdb_line_protocol::builder::AfterMeasurement>,
+    tags: &[(&str, &str)],
+) -> LineProtocolBuilder<B, influxdb_line_protocol::builder::AfterMeasurement> {
+    for (k, v) in tags {
+        if !v.is_empty() {
+            b = b.tag(k, v);
+        }
+    }
+    b
+}
+
+/// `dragonflow_groups,group_id=…,level=…,metric=… value=…,vm_count=…i <window start, s>`.
+fn encode_group(r: &GroupRow) -> Vec<u8> {
+    let b = LineProtocolBuilder::new_with(Vec::new()).measurement("dragonflow_groups");
+    let b = put_tags(b, &[("group_id", &r.group_id), ("level", &r.level), ("metric", &r.metric)]);
+    let vm_count = r.vm_count.min(i64::MAX as u64) as i64;
+    let line = b.field("value", r.value).field("vm_count", vm_count);
+    trim_newline(line.timestamp(r.window_start.div_euclid(1_000_000_000)).close_line().build())
+}
+
+/// `dragonflow_rankings,level=…,metric=…,order=…,rank=… group_id="…",value=… <window start, s>`.
+fn encode_rank(r: &RankRow) -> Vec<u8> {
+    let b = LineProtocolBuilder::new_with(Vec::new()).measurement("dragonflow_rankings");
+    let rank = r.rank.to_string();
+    let b = put_tags(b, &[("level", &r.level), ("metric", &r.metric), ("order", &r.order), ("rank", &rank)]);
+    let line = b.field("group_id", r.group_id.as_str()).field("value", r.value);
+    trim_newline(line.timestamp(r.window_start.div_euclid(1_000_000_000)).close_line().build())
+}
+
+/// `dragonflow_agent_health,cspType=…,mcisId=…,nsId=…,vmId=… from="…",to="…",reason="…" <time, ns>`,
+/// with the agent tags named as on every other point.
+fn encode_health(r: &HealthRow) -> Vec<u8> {
+    let b = LineProtocolBuilder::new_with(Vec::new()).measurement("dragonflow_agent_health");
+    let b = put_tags(b, &[("cspType", &r.csp_type), ("mcisId", &r.mcis_id), ("nsId", &r.ns_id), ("vmId", &r.vm_id)]);
+    let line = b.field("from", r.from.as_str()).field("to", r.to.as_str()).field("reason", r.reason.as_str());
+    trim_newline(line.timestamp(r.time).close_line().build())
 }
 
 fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
@@ -636,7 +696,7 @@ mod tests {
             ],
         };
         let mut out = Vec::new();
-        encode_window(&batch, &mut out);
+        encode_window(&batch, &Counters::default(), &mut out);
         let text: Vec<String> = out.iter().map(|l| String::from_utf8(l.clone()).unwrap()).collect();
         assert_eq!(text.len(), 2, "{text:?}");
         assert_eq!(
@@ -670,6 +730,154 @@ mod tests {
         let r = RejectRow::new(origin, "bad \"x\"", b"a b\nc", 9);
         let l = String::from_utf8(encode_reject(&r)).unwrap();
         assert!(influxdb_line_protocol::parse_lines(&l).all(|p| p.is_ok()), "{l}");
+    }
+
+    fn parses(line: &str) {
+        let parsed: Vec<_> = influxdb_line_protocol::parse_lines(line).collect();
+        assert!(parsed.len() == 1 && parsed[0].is_ok(), "{line}: {parsed:?}");
+    }
+
+    #[test]
+    fn counter_points_get_a_rate() {
+        let mut bytes = Agg::of(1_700_000_000_000_000_000, 0, 100.0);
+        bytes.add(1_700_000_004_000_000_000, 1, 300.0);
+        let batch = WindowBatch {
+            window_start: 1_700_000_000_000_000_000,
+            window_end: 1_700_000_010_000_000_000,
+            rows: vec![
+                (key("vm-1", "net", "eth0", "bytes_recv"), bytes),
+                // One timestamp: no rate.
+                (key("vm-1", "net", "eth0", "bytes_sent"), Agg::of(1_700_000_000_000_000_000, 0, 5.0)),
+                (key("vm-1", "cpu", "", "usage_idle"), bytes),
+            ],
+        };
+        let mut out = Vec::new();
+        encode_window(&batch, &Counters::default(), &mut out);
+        let text: Vec<String> = out.iter().map(|l| String::from_utf8(l.clone()).unwrap()).collect();
+        assert_eq!(
+            text,
+            [
+                "cpu,cspType=aws,mcisId=m\\,1,nsId=ns\\ 1,vmId=vm-1 count=2i,usage_idle=200,usage_idle_min=100,usage_idle_max=300,usage_idle_last=300 1700000000",
+                "net,cspType=aws,instance=eth0,mcisId=m\\,1,nsId=ns\\ 1,vmId=vm-1 count=2i,bytes_recv=200,bytes_recv_min=100,bytes_recv_max=300,bytes_recv_last=300,bytes_recv_rate=50,bytes_sent=5,bytes_sent_min=5,bytes_sent_max=5,bytes_sent_last=5 1700000000",
+            ]
+        );
+        text.iter().for_each(|l| parses(l));
+        // Other counters: cpu.usage_idle gets a rate, net does not.
+        let mut out = Vec::new();
+        encode_window(&batch, &Counters::new(["cpu.usage_idle"]), &mut out);
+        let text: Vec<String> = out.iter().map(|l| String::from_utf8(l.clone()).unwrap()).collect();
+        assert!(text[0].contains(",usage_idle_rate=50 "), "{}", text[0]);
+        assert!(!text[1].contains("_rate"), "{}", text[1]);
+    }
+
+    #[test]
+    fn groups_rankings_and_health_encode() {
+        let group = GroupRow {
+            window_start: 1_700_000_000_000_000_000,
+            window_end: 1_700_000_010_000_000_000,
+            level: "mcis".into(),
+            group_id: "ns 1/m,1".into(),
+            metric: "cpu_util_mean".into(),
+            value: 42.5,
+            vm_count: 3,
+        };
+        let l = String::from_utf8(encode_group(&group)).unwrap();
+        assert_eq!(
+            l,
+            "dragonflow_groups,group_id=ns\\ 1/m\\,1,level=mcis,metric=cpu_util_mean value=42.5,vm_count=3i 1700000000"
+        );
+        parses(&l);
+
+        let rank = RankRow {
+            window_start: 1_700_000_000_000_000_000,
+            window_end: 1_700_000_010_000_000_000,
+            level: "csp".into(),
+            metric: "mem_util_mean".into(),
+            order: "bottom".into(),
+            rank: 2,
+            group_id: "aws \"east\"".into(),
+            value: 7.0,
+        };
+        let l = String::from_utf8(encode_rank(&rank)).unwrap();
+        assert_eq!(
+            l,
+            "dragonflow_rankings,level=csp,metric=mem_util_mean,order=bottom,rank=2 group_id=\"aws \\\"east\\\"\",value=7 1700000000"
+        );
+        parses(&l);
+
+        let health = HealthRow {
+            time: 1_700_000_040_000_000_123,
+            ns_id: "ns-1".into(),
+            mcis_id: "".into(),
+            vm_id: "vm-1".into(),
+            csp_type: "aws".into(),
+            from: "healthy".into(),
+            to: "unhealthy".into(),
+            reason: "no data for 3 windows".into(),
+        };
+        let l = String::from_utf8(encode_health(&health)).unwrap();
+        assert_eq!(
+            l,
+            "dragonflow_agent_health,cspType=aws,nsId=ns-1,vmId=vm-1 from=\"healthy\",to=\"unhealthy\",reason=\"no data for 3 windows\" 1700000040000000123"
+        );
+        parses(&l);
+    }
+
+    /// Group and ranking points share the aggregates' precision (seconds), health points the late
+    /// rows' (nanoseconds); registry rows are not written.
+    #[test]
+    fn items_go_to_their_precision() {
+        let cfg = InfluxConfig { retry_for: Duration::ZERO, ..InfluxConfig::new("http://127.0.0.1:1", "db") };
+        let mut w = InfluxWriter::new(cfg, 1).expect("writer");
+        let group = GroupRow {
+            window_start: 0,
+            window_end: 10,
+            level: "ns".into(),
+            group_id: "ns-1".into(),
+            metric: "processes".into(),
+            value: 1.0,
+            vm_count: 1,
+        };
+        let rank = RankRow {
+            window_start: 0,
+            window_end: 10,
+            level: "ns".into(),
+            metric: "cpu_util_mean".into(),
+            order: "top".into(),
+            rank: 1,
+            group_id: "ns-1".into(),
+            value: 1.0,
+        };
+        let health = HealthRow {
+            time: 5,
+            ns_id: "ns-1".into(),
+            mcis_id: "m".into(),
+            vm_id: "vm".into(),
+            csp_type: "aws".into(),
+            from: "unknown".into(),
+            to: "healthy".into(),
+            reason: "first data".into(),
+        };
+        let agent = operators::model::AgentRow {
+            time: 0,
+            record: operators::registry::AgentRecord::default(),
+            first_seen: None,
+            last_seen: None,
+            health: "unknown".into(),
+            deleted: false,
+        };
+        w.push(SinkItem::Groups(vec![group.clone(), group])).expect("push");
+        w.push(SinkItem::Rankings(vec![rank])).expect("push");
+        w.push(SinkItem::Health(vec![health])).expect("push");
+        w.push(SinkItem::Agents(vec![agent])).expect("push");
+        assert_eq!((w.seconds.len(), w.nanos.len()), (3, 1));
+        assert!(w
+            .seconds
+            .iter()
+            .all(|l| l.starts_with(b"dragonflow_groups,") || l.starts_with(b"dragonflow_rankings,")));
+        assert!(w.nanos[0].starts_with(b"dragonflow_agent_health,"));
+        w.seconds.clear();
+        w.nanos.clear();
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The Parquet lake: window aggregates, late values and rejects as Hive-partitioned Parquet files.
+//! The Parquet lake: window aggregates, group metrics and rankings, late values, rejects, agent
+//! records and agent health changes as Hive-partitioned Parquet files.
 //!
 //! Each timely worker owns one [`LakeWriter`]. [`LakeWriter::push`] appends a [`SinkItem`]'s rows
 //! to per-table Arrow column builders (no per-row allocation beyond the builders). A flush — when a
@@ -7,25 +8,28 @@
 //! a record batch and hands it to the writer's own thread through a bounded channel: a slow disk
 //! blocks the worker instead of growing memory without limit.
 //!
-//! Window aggregates are written at once, one file per window and worker, under a name that
-//! depends only on the window and the worker, so a window computed again (after a restart) replaces
-//! its file instead of adding a second one:
+//! Window tables — `aggregates`, `groups` and `rankings` — are written at once, one file per table,
+//! window and worker, under a name that depends only on the window and the worker, so a window
+//! computed again (after a restart) replaces its file instead of adding a second one:
 //!
 //! ```text
-//! <lake>/aggregates/date=YYYY-MM-DD/hour=HH/part-{window_start_ms}-{job}-w{worker:03}of{workers:03}.parquet
+//! <lake>/<table>/date=YYYY-MM-DD/hour=HH/part-{window_start_ms}-{job}-w{worker:03}of{workers:03}.parquet
 //! ```
 //!
-//! (`job` tells apart jobs that share a lake: see [`LakeConfig::job`].)
+//! (`job` tells apart jobs that share a lake: see [`LakeConfig::job`].) Each [`SinkItem`] of a
+//! window table must therefore hold all of the worker's rows of its window: a second item of the
+//! same window replaces the first. (Rows of several windows in one item are split by window.)
 //!
-//! Late values and rejects are buffered and split by partition hour, one file per flush:
+//! Late values, rejects, agent records (`agents_history`) and health changes (`agent_health`) are
+//! buffered and split by partition hour, one file per flush:
 //!
 //! ```text
 //! <lake>/<table>/date=YYYY-MM-DD/hour=HH/part-w{worker:03}-{run}-{first_ms}-{seq:06}.parquet
 //! ```
 //!
 //! where `run` is the writer's start time (ms) and `first_ms` the earliest partition time in the
-//! file, so names never collide between workers, flushes or runs (SQL reads these two tables
-//! without repeats of one source record, see [`crate::sql`]). A file is written under a hidden
+//! file, so names never collide between workers, flushes or runs (SQL reads these tables without
+//! the repeats a resumed job may write, see [`crate::sql`]). A file is written under a hidden
 //! temporary name that does not end in `.parquet` (`.<name>.tmp`), synced, then renamed: a reader
 //! listing `*.parquet` never sees half a file.
 //!
@@ -43,15 +47,18 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-    TimestampNanosecondBuilder, UInt32Array, UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
+    TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Builder,
 };
 use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
-use operators::aggregate::Agg;
-use operators::model::{AgentTags, LateRow, Origin, RejectRow, SeriesKey, SinkItem, WindowBatch};
+use operators::aggregate::{Agg, Counters};
+use operators::model::{
+    AgentRow, AgentTags, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch,
+};
+use operators::registry::{AgentState, Mechanism};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -83,6 +90,9 @@ pub struct LakeConfig {
     /// Names the job in window files, so that jobs sharing a lake keep their own files while a
     /// job run again replaces its own. Default `job`.
     pub job: String,
+    /// Which `(measurement, field)` series are cumulative counters: their aggregates get a `rate`.
+    /// Default [`Counters::default`] (every field of `diskio` and `net`).
+    pub counters: Counters,
 }
 
 impl LakeConfig {
@@ -94,6 +104,7 @@ impl LakeConfig {
             max_buffered_rows: DEFAULT_MAX_BUFFERED_ROWS,
             workers: 1,
             job: "job".to_string(),
+            counters: Counters::default(),
         }
     }
 }
@@ -152,8 +163,12 @@ impl Shared {
 pub struct LakeWriter {
     cfg: LakeConfig,
     aggregates: AggregatesEncoder,
+    groups: GroupsEncoder,
+    rankings: RankingsEncoder,
     late: LateEncoder,
     rejects: RejectsEncoder,
+    agents: AgentsEncoder,
+    health: HealthEncoder,
     last_flush: Instant,
     tx: Option<SyncSender<ToWriter>>,
     thread: Option<JoinHandle<Result<(), SinkError>>>,
@@ -189,10 +204,14 @@ impl LakeWriter {
             .spawn(move || files.run(rx))
             .map_err(|e| SinkError::SpawnWriter { path: cfg.path.clone(), source: e })?;
         Ok(LakeWriter {
+            aggregates: AggregatesEncoder::new(cfg.counters.clone()),
             cfg,
-            aggregates: AggregatesEncoder::default(),
+            groups: GroupsEncoder::default(),
+            rankings: RankingsEncoder::default(),
             late: LateEncoder::default(),
             rejects: RejectsEncoder::default(),
+            agents: AgentsEncoder::default(),
+            health: HealthEncoder::default(),
             last_flush: Instant::now(),
             tx: Some(tx),
             thread: Some(thread),
@@ -202,12 +221,28 @@ impl LakeWriter {
     }
 
     /// Appends an item's rows to its table's buffer, flushing the table when it is full.
+    ///
+    /// An item of a window table (aggregates, groups, rankings) is written at once as the file of
+    /// its window and this worker, replacing an earlier version of it.
     pub fn push(&mut self, item: SinkItem) -> Result<(), SinkError> {
         let (table, buffered) = match &item {
             SinkItem::Aggregates(batch) => {
-                // A window is one file of its own, written at once.
                 self.aggregates.push(batch);
-                return self.send_window(batch.window_start);
+                return self.send_window(Table::Aggregates, batch.window_start);
+            }
+            SinkItem::Groups(rows) => {
+                for start in window_starts(rows, |row| row.window_start) {
+                    rows.iter().filter(|row| row.window_start == start).for_each(|row| self.groups.push(row));
+                    self.send_window(Table::Groups, start)?;
+                }
+                return Ok(());
+            }
+            SinkItem::Rankings(rows) => {
+                for start in window_starts(rows, |row| row.window_start) {
+                    rows.iter().filter(|row| row.window_start == start).for_each(|row| self.rankings.push(row));
+                    self.send_window(Table::Rankings, start)?;
+                }
+                return Ok(());
             }
             SinkItem::Late(rows) => {
                 rows.iter().for_each(|row| self.late.push(row));
@@ -217,7 +252,14 @@ impl LakeWriter {
                 rows.iter().for_each(|row| self.rejects.push(row));
                 (Table::Rejects, self.rejects.len())
             }
-            _ => return Ok(()),
+            SinkItem::Agents(rows) => {
+                rows.iter().for_each(|row| self.agents.push(row));
+                (Table::AgentsHistory, self.agents.len())
+            }
+            SinkItem::Health(rows) => {
+                rows.iter().for_each(|row| self.health.push(row));
+                (Table::AgentHealth, self.health.len())
+            }
         };
         if buffered >= self.cfg.max_buffered_rows {
             self.flush_table(table)?;
@@ -258,7 +300,13 @@ impl LakeWriter {
 
     /// Rows buffered and not yet handed to the writer thread.
     pub fn buffered_rows(&self) -> usize {
-        self.aggregates.len() + self.late.len() + self.rejects.len()
+        self.aggregates.len()
+            + self.groups.len()
+            + self.rankings.len()
+            + self.late.len()
+            + self.rejects.len()
+            + self.agents.len()
+            + self.health.len()
     }
 
     /// What has been written so far.
@@ -276,21 +324,33 @@ impl LakeWriter {
         Ok(self.shared.stats())
     }
 
-    fn flush_table(&mut self, table: Table) -> Result<(), SinkError> {
-        let chunk = match table {
-            Table::Aggregates => self.aggregates.finish()?,
-            Table::Late => self.late.finish()?,
-            Table::Rejects => self.rejects.finish()?,
-        };
-        let Some(chunk) = chunk else { return Ok(()) };
-        let Some(tx) = &self.tx else { return Err(self.stopped()) };
-        tx.send(ToWriter::Chunk(chunk)).map_err(|_| self.stopped())
+    /// Turns the rows buffered for `table` into a chunk, or `None` when there are none. (Window
+    /// tables hold rows only between encoding a window and [`LakeWriter::send_window`].)
+    fn finish_table(&mut self, table: Table) -> Result<Option<Chunk>, SinkError> {
+        match table {
+            Table::Aggregates => self.aggregates.finish(),
+            Table::Groups => self.groups.finish(),
+            Table::Rankings => self.rankings.finish(),
+            Table::Late => self.late.finish(),
+            Table::Rejects => self.rejects.finish(),
+            Table::AgentsHistory => self.agents.finish(),
+            Table::AgentHealth => self.health.finish(),
+        }
     }
 
-    /// Sends the window just encoded as its own file.
-    fn send_window(&mut self, window_start: i64) -> Result<(), SinkError> {
-        let Some(mut chunk) = self.aggregates.finish()? else { return Ok(()) };
+    fn flush_table(&mut self, table: Table) -> Result<(), SinkError> {
+        let Some(chunk) = self.finish_table(table)? else { return Ok(()) };
+        self.send(chunk)
+    }
+
+    /// Sends the window of `table` just encoded as its own file.
+    fn send_window(&mut self, table: Table, window_start: i64) -> Result<(), SinkError> {
+        let Some(mut chunk) = self.finish_table(table)? else { return Ok(()) };
         chunk.window = Some(window_start);
+        self.send(chunk)
+    }
+
+    fn send(&mut self, chunk: Chunk) -> Result<(), SinkError> {
         let Some(tx) = &self.tx else { return Err(self.stopped()) };
         tx.send(ToWriter::Chunk(chunk)).map_err(|_| self.stopped())
     }
@@ -330,12 +390,24 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
+/// The distinct window starts of `rows`, in order of first appearance.
+fn window_starts<T>(rows: &[T], start: impl Fn(&T) -> i64) -> Vec<i64> {
+    let mut starts: Vec<i64> = Vec::with_capacity(1);
+    for row in rows {
+        let s = start(row);
+        if !starts.contains(&s) {
+            starts.push(s);
+        }
+    }
+    starts
+}
+
 /// A flushed batch of one table, with the partition time (ns) of each row.
 struct Chunk {
     table: Table,
     batch: RecordBatch,
     part_ns: Vec<i64>,
-    /// The window start (ns) of a window's aggregates: the file is named after it.
+    /// The window start (ns) of a window table's rows: the file is named after it.
     window: Option<i64>,
 }
 
@@ -434,11 +506,14 @@ struct AggregatesEncoder {
     count: UInt64Builder,
     /// sum, min, max, mean, last
     values: [Float64Builder; 5],
+    /// Per-second rate of counter series; null for the others.
+    rate: Float64Builder,
+    counters: Counters,
     part_ns: Vec<i64>,
 }
 
-impl Default for AggregatesEncoder {
-    fn default() -> Self {
+impl AggregatesEncoder {
+    fn new(counters: Counters) -> Self {
         AggregatesEncoder {
             window_start: ts_ms(),
             window_end: ts_ms(),
@@ -446,12 +521,12 @@ impl Default for AggregatesEncoder {
             series: SeriesColumns::default(),
             count: UInt64Builder::new(),
             values: Default::default(),
+            rate: Float64Builder::new(),
+            counters,
             part_ns: Vec::new(),
         }
     }
-}
 
-impl AggregatesEncoder {
     fn len(&self) -> usize {
         self.part_ns.len()
     }
@@ -477,6 +552,8 @@ impl AggregatesEncoder {
         max.append_value(agg.max);
         mean.append_value(agg.mean());
         last.append_value(agg.last);
+        let rate = if self.counters.is_counter(&key.measurement, &key.field) { agg.rate() } else { None };
+        self.rate.append_option(rate);
     }
 
     fn finish(&mut self) -> Result<Option<Chunk>, SinkError> {
@@ -485,7 +562,110 @@ impl AggregatesEncoder {
         self.series.finish(&mut columns);
         columns.push(Arc::new(self.count.finish()));
         columns.extend(self.values.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(self.rate.finish()));
         chunk(Table::Aggregates, columns, &mut self.part_ns)
+    }
+}
+
+struct GroupsEncoder {
+    window_start: TimestampMillisecondBuilder,
+    window_end: TimestampMillisecondBuilder,
+    /// level, group_id, metric
+    names: [StringBuilder; 3],
+    value: Float64Builder,
+    vm_count: UInt64Builder,
+    part_ns: Vec<i64>,
+}
+
+impl Default for GroupsEncoder {
+    fn default() -> Self {
+        GroupsEncoder {
+            window_start: ts_ms(),
+            window_end: ts_ms(),
+            names: Default::default(),
+            value: Float64Builder::new(),
+            vm_count: UInt64Builder::new(),
+            part_ns: Vec::new(),
+        }
+    }
+}
+
+impl GroupsEncoder {
+    fn len(&self) -> usize {
+        self.part_ns.len()
+    }
+
+    fn push(&mut self, row: &GroupRow) {
+        self.window_start.append_value(row.window_start.div_euclid(NANOS_PER_MILLI));
+        self.window_end.append_value(row.window_end.div_euclid(NANOS_PER_MILLI));
+        let [level, group_id, metric] = &mut self.names;
+        level.append_value(&row.level);
+        group_id.append_value(&row.group_id);
+        metric.append_value(&row.metric);
+        self.value.append_value(row.value);
+        self.vm_count.append_value(row.vm_count);
+        self.part_ns.push(row.window_start);
+    }
+
+    fn finish(&mut self) -> Result<Option<Chunk>, SinkError> {
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.window_start.finish()), Arc::new(self.window_end.finish())];
+        columns.extend(self.names.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(self.value.finish()));
+        columns.push(Arc::new(self.vm_count.finish()));
+        chunk(Table::Groups, columns, &mut self.part_ns)
+    }
+}
+
+struct RankingsEncoder {
+    window_start: TimestampMillisecondBuilder,
+    window_end: TimestampMillisecondBuilder,
+    /// level, metric, order
+    names: [StringBuilder; 3],
+    rank: UInt32Builder,
+    group_id: StringBuilder,
+    value: Float64Builder,
+    part_ns: Vec<i64>,
+}
+
+impl Default for RankingsEncoder {
+    fn default() -> Self {
+        RankingsEncoder {
+            window_start: ts_ms(),
+            window_end: ts_ms(),
+            names: Default::default(),
+            rank: UInt32Builder::new(),
+            group_id: StringBuilder::new(),
+            value: Float64Builder::new(),
+            part_ns: Vec::new(),
+        }
+    }
+}
+
+impl RankingsEncoder {
+    fn len(&self) -> usize {
+        self.part_ns.len()
+    }
+
+    fn push(&mut self, row: &RankRow) {
+        self.window_start.append_value(row.window_start.div_euclid(NANOS_PER_MILLI));
+        self.window_end.append_value(row.window_end.div_euclid(NANOS_PER_MILLI));
+        let [level, metric, order] = &mut self.names;
+        level.append_value(&row.level);
+        metric.append_value(&row.metric);
+        order.append_value(&row.order);
+        self.rank.append_value(row.rank);
+        self.group_id.append_value(&row.group_id);
+        self.value.append_value(row.value);
+        self.part_ns.push(row.window_start);
+    }
+
+    fn finish(&mut self) -> Result<Option<Chunk>, SinkError> {
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.window_start.finish()), Arc::new(self.window_end.finish())];
+        columns.extend(self.names.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(self.rank.finish()));
+        columns.push(Arc::new(self.group_id.finish()));
+        columns.push(Arc::new(self.value.finish()));
+        chunk(Table::Rankings, columns, &mut self.part_ns)
     }
 }
 
@@ -579,6 +759,130 @@ impl RejectsEncoder {
         columns.push(Arc::new(self.reason.finish()));
         columns.push(Arc::new(self.payload.finish()));
         chunk(Table::Rejects, columns, &mut self.part_ns)
+    }
+}
+
+struct AgentsEncoder {
+    time: TimestampNanosecondBuilder,
+    /// key, ns_id, mcis_id, vm_id, csp_type, os_type, mechanism, public_ip, state
+    names: [StringBuilder; 9],
+    /// vcpu, memory_gib, cost_per_hour
+    spec: [Float64Builder; 3],
+    pull_url: StringBuilder,
+    first_seen: TimestampNanosecondBuilder,
+    last_seen: TimestampNanosecondBuilder,
+    health: StringBuilder,
+    deleted: BooleanBuilder,
+    part_ns: Vec<i64>,
+}
+
+impl Default for AgentsEncoder {
+    fn default() -> Self {
+        AgentsEncoder {
+            time: ts_ns(),
+            names: Default::default(),
+            spec: Default::default(),
+            pull_url: StringBuilder::new(),
+            first_seen: ts_ns(),
+            last_seen: ts_ns(),
+            health: StringBuilder::new(),
+            deleted: BooleanBuilder::new(),
+            part_ns: Vec::new(),
+        }
+    }
+}
+
+impl AgentsEncoder {
+    fn len(&self) -> usize {
+        self.part_ns.len()
+    }
+
+    fn push(&mut self, row: &AgentRow) {
+        let r = &row.record;
+        self.time.append_value(row.time);
+        let [key, ns, mcis, vm, csp, os, mechanism, public_ip, state] = &mut self.names;
+        key.append_value(&r.key);
+        ns.append_value(&r.ns_id);
+        mcis.append_value(&r.mcis_id);
+        vm.append_value(&r.vm_id);
+        csp.append_value(&r.csp_type);
+        os.append_value(&r.os_type);
+        mechanism.append_value(mechanism_name(r.mechanism));
+        public_ip.append_value(&r.public_ip);
+        state.append_value(state_name(r.state));
+        let [vcpu, memory_gib, cost_per_hour] = &mut self.spec;
+        vcpu.append_option(r.vcpu);
+        memory_gib.append_option(r.memory_gib);
+        cost_per_hour.append_option(r.cost_per_hour);
+        self.pull_url.append_option(r.pull_url.as_deref());
+        self.first_seen.append_option(row.first_seen);
+        self.last_seen.append_option(row.last_seen);
+        self.health.append_value(&row.health);
+        self.deleted.append_value(row.deleted);
+        self.part_ns.push(row.time);
+    }
+
+    fn finish(&mut self) -> Result<Option<Chunk>, SinkError> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(18);
+        columns.push(Arc::new(self.time.finish()));
+        columns.extend(self.names.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.extend(self.spec.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(self.pull_url.finish()));
+        columns.push(Arc::new(self.first_seen.finish()));
+        columns.push(Arc::new(self.last_seen.finish()));
+        columns.push(Arc::new(self.health.finish()));
+        columns.push(Arc::new(self.deleted.finish()));
+        chunk(Table::AgentsHistory, columns, &mut self.part_ns)
+    }
+}
+
+/// The name of a mechanism in the lake, as in the registry's JSON.
+fn mechanism_name(mechanism: Mechanism) -> &'static str {
+    match mechanism {
+        Mechanism::Push => "push",
+        Mechanism::Pull => "pull",
+    }
+}
+
+/// The name of a state in the lake, as in the registry's JSON.
+fn state_name(state: AgentState) -> &'static str {
+    match state {
+        AgentState::Enable => "enable",
+        AgentState::Disable => "disable",
+    }
+}
+
+struct HealthEncoder {
+    time: TimestampNanosecondBuilder,
+    /// ns_id, mcis_id, vm_id, csp_type, from, to, reason
+    names: [StringBuilder; 7],
+    part_ns: Vec<i64>,
+}
+
+impl Default for HealthEncoder {
+    fn default() -> Self {
+        HealthEncoder { time: ts_ns(), names: Default::default(), part_ns: Vec::new() }
+    }
+}
+
+impl HealthEncoder {
+    fn len(&self) -> usize {
+        self.part_ns.len()
+    }
+
+    fn push(&mut self, row: &HealthRow) {
+        self.time.append_value(row.time);
+        let values = [&row.ns_id, &row.mcis_id, &row.vm_id, &row.csp_type, &row.from, &row.to, &row.reason];
+        for (builder, value) in self.names.iter_mut().zip(values) {
+            builder.append_value(value);
+        }
+        self.part_ns.push(row.time);
+    }
+
+    fn finish(&mut self) -> Result<Option<Chunk>, SinkError> {
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.time.finish())];
+        columns.extend(self.names.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        chunk(Table::AgentHealth, columns, &mut self.part_ns)
     }
 }
 

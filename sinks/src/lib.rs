@@ -3,9 +3,11 @@
 //! - [`tables`]: the lake's tables and their Arrow schemas, shared by the writer and SQL.
 //! - [`lake`]: [`LakeWriter`], one per worker, writes Hive-partitioned Parquet files through a
 //!   bounded channel to its own writer thread.
-//! - [`sql`]: read-only DataFusion SQL over the lake, and result formatting (table, CSV, JSON).
-//! - [`influx`]: [`InfluxWriter`], one per worker, writes window points to InfluxDB 1.x over HTTP
-//!   with batching, gzip, bounded requests in flight, retries and bisection of refused batches.
+//! - [`sql`]: read-only DataFusion SQL over the lake (its tables and the view `agents`), and result
+//!   formatting (table, CSV, JSON).
+//! - [`influx`]: [`InfluxWriter`], one per worker, writes window, group, ranking, health, late and
+//!   reject points to InfluxDB 1.x over HTTP with batching, gzip, bounded requests in flight,
+//!   retries and bisection of refused batches.
 //! - [`error`]: [`SinkError`], which says what failed and where.
 
 pub mod error;
@@ -18,7 +20,7 @@ pub use error::SinkError;
 pub use influx::{InfluxConfig, InfluxStats, InfluxWriter};
 pub use lake::{LakeConfig, LakeStats, LakeWriter};
 pub use sql::{format_batches, lake_context, query, OutputFormat};
-pub use tables::{schema, Table, TABLES};
+pub use tables::{schema, Table, TABLES, VIEWS};
 
 #[cfg(test)]
 mod tests;

@@ -1,11 +1,13 @@
 //! Read-only SQL over the lake, with DataFusion.
 //!
 //! [`lake_context`] registers every table of [`crate::tables`] as a listing table over
-//! `<lake>/<table>/` with the Hive partition columns `date` and `hour`. `late` and `rejects`
-//! are read through a view that keeps one row per source record (a job resumed after a crash
-//! may write one of those rows again; window aggregates are replaced in place instead); [`query`] runs one
-//! statement and refuses anything that would change state (DDL, DML, `COPY`, `SET`, …);
-//! [`format_batches`] renders results as a text table, CSV or JSON.
+//! `<lake>/<table>/` with the Hive partition columns `date` and `hour`. A job resumed after a crash
+//! may write a row of `late`, `rejects`, `agents_history` or `agent_health` again, so these are
+//! read through a view that keeps one row per record (`DISTINCT ON` the record's key columns); the
+//! window tables (`aggregates`, `groups`, `rankings`) need none, their files are replaced in place
+//! instead. The view `agents` holds the latest row of each key of `agents_history`, unless that
+//! row is a deletion. [`query`] runs one statement and refuses anything that would change state
+//! (DDL, DML, `COPY`, `SET`, …); [`format_batches`] renders results as a text table, CSV or JSON.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sinks::SinkError> {
@@ -29,14 +31,14 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{SQLOptions, SessionConfig, SessionContext};
-use datafusion::logical_expr::{ident, DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
+use datafusion::logical_expr::{ident, lit, DdlStatement, LogicalPlan, Statement as PlanStatement, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 
 use crate::error::SinkError;
 use crate::tables::{Table, PARTITION_COLUMNS};
 
-pub use crate::tables::{schema, TABLES};
+pub use crate::tables::{schema, TABLES, VIEWS};
 
 /// A session over the lake at `path` with its tables registered (see the [module docs](self)).
 ///
@@ -76,13 +78,43 @@ pub async fn lake_context(path: &Path) -> Result<SessionContext, SinkError> {
         };
         ctx.register_table(table.name(), provider).map_err(register_err)?;
     }
+    register_agents(&ctx, path).await?;
     Ok(ctx)
 }
 
-/// The columns that identify one row of a table written once per source record.
+/// Registers the view `agents`: per key, the row of `agents_history` with the greatest
+/// `(time, deleted, health)` — so a removal wins over a record of the same time — left out when
+/// it is a deletion.
+async fn register_agents(ctx: &SessionContext, path: &Path) -> Result<(), SinkError> {
+    let history = Table::AgentsHistory;
+    let register_err = |e: DataFusionError| SinkError::Register {
+        table: "agents",
+        path: path.join(history.name()),
+        source: Box::new(e),
+    };
+    let all = history.sql_schema().fields().iter().map(|f| ident(f.name())).collect();
+    let sort = vec![
+        ident("key").sort(true, false),
+        ident("time").sort(false, true),
+        ident("deleted").sort(false, true),
+        ident("health").sort(false, true),
+    ];
+    let view = ctx
+        .table(history.name())
+        .await
+        .and_then(|df| df.distinct_on(vec![ident("key")], all, Some(sort)))
+        .and_then(|df| df.filter(ident("deleted").eq(lit(false))))
+        .map_err(register_err)?
+        .into_view();
+    ctx.register_table("agents", view).map_err(register_err)?;
+    Ok(())
+}
+
+/// The columns that identify one row of a table whose rows a resumed job may write again; `None`
+/// for the window tables, whose files are replaced.
 fn record_key(table: Table) -> Option<&'static [&'static str]> {
     match table {
-        Table::Aggregates => None,
+        Table::Aggregates | Table::Groups | Table::Rankings => None,
         Table::Late => Some(&[
             "source",
             "partition",
@@ -101,6 +133,8 @@ fn record_key(table: Table) -> Option<&'static [&'static str]> {
             "hour",
         ]),
         Table::Rejects => Some(&["source", "partition", "position", "reason", "payload"]),
+        Table::AgentsHistory => Some(&["key", "time", "health", "deleted"]),
+        Table::AgentHealth => Some(&["ns_id", "mcis_id", "vm_id", "csp_type", "time", "to"]),
     }
 }
 

@@ -7,6 +7,10 @@
 //!
 //! Adding a table means adding a variant here (name, schema, partition column) and an encoder in
 //! [`crate::lake`].
+//!
+//! Window bounds (`window_start`, `window_end` of `aggregates`, `groups` and `rankings`) are UTC
+//! timestamps in milliseconds; event times (`late.timestamp`, `agents_history.time`, …) are UTC
+//! timestamps in nanoseconds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -17,7 +21,11 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::error::SinkError;
 
 /// The names of the lake's tables, in [`Table::ALL`] order.
-pub const TABLES: &[&str] = &["aggregates", "late", "rejects"];
+pub const TABLES: &[&str] = &["aggregates", "late", "rejects", "agents_history", "agent_health", "groups", "rankings"];
+
+/// Views that SQL derives from the lake's tables (they have no directory of their own):
+/// `agents`, the latest row of each key of `agents_history` that is not deleted.
+pub const VIEWS: &[&str] = &["agents"];
 
 /// The Hive partition columns of every table, outermost first.
 pub const PARTITION_COLUMNS: &[&str] = &["date", "hour"];
@@ -31,11 +39,27 @@ pub enum Table {
     Late,
     /// Input that could not be used, with the reason.
     Rejects,
+    /// Versions of the agent registry's records: a row whenever a record changes, plus snapshots.
+    AgentsHistory,
+    /// Changes of an agent's health.
+    AgentHealth,
+    /// Group metrics: one row per window, level, group and metric.
+    Groups,
+    /// Top-k and bottom-k groups per window, level and metric.
+    Rankings,
 }
 
 impl Table {
     /// Every table, in [`TABLES`] order.
-    pub const ALL: [Table; 3] = [Table::Aggregates, Table::Late, Table::Rejects];
+    pub const ALL: [Table; 7] = [
+        Table::Aggregates,
+        Table::Late,
+        Table::Rejects,
+        Table::AgentsHistory,
+        Table::AgentHealth,
+        Table::Groups,
+        Table::Rankings,
+    ];
 
     /// The table's name (its directory in the lake and its name in SQL).
     pub fn name(self) -> &'static str {
@@ -43,6 +67,10 @@ impl Table {
             Table::Aggregates => "aggregates",
             Table::Late => "late",
             Table::Rejects => "rejects",
+            Table::AgentsHistory => "agents_history",
+            Table::AgentHealth => "agent_health",
+            Table::Groups => "groups",
+            Table::Rankings => "rankings",
         }
     }
 
@@ -52,12 +80,14 @@ impl Table {
             Table::Aggregates => "window_start",
             Table::Late => "timestamp",
             Table::Rejects => "received_at",
+            Table::AgentsHistory | Table::AgentHealth => "time",
+            Table::Groups | Table::Rankings => "window_start",
         }
     }
 
     /// The schema of the table's Parquet files (without the partition columns).
     pub fn schema(self) -> SchemaRef {
-        static SCHEMAS: OnceLock<[SchemaRef; 3]> = OnceLock::new();
+        static SCHEMAS: OnceLock<[SchemaRef; Table::ALL.len()]> = OnceLock::new();
         let schemas = SCHEMAS.get_or_init(|| Table::ALL.map(|t| Arc::new(t.build_schema())));
         Arc::clone(&schemas[self as usize])
     }
@@ -75,6 +105,7 @@ impl Table {
         let ts_ms =
             |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), false);
         let ts_ns = |name: &str| Field::new(name, DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false);
+        let nullable = |field: Field| field.with_nullable(true);
         let agent = ["ns_id", "mcis_id", "vm_id", "csp_type", "os_type"].map(utf8);
         let series = ["measurement", "instance", "field"].map(utf8);
         let origin = [
@@ -89,6 +120,8 @@ impl Table {
                 .chain(series)
                 .chain([Field::new("count", DataType::UInt64, false)])
                 .chain(["sum", "min", "max", "mean", "last"].map(f64))
+                // Null for fields that are not counters and for windows with one timestamp.
+                .chain([nullable(f64("rate"))])
                 .collect(),
             Table::Late => agent
                 .into_iter()
@@ -99,6 +132,28 @@ impl Table {
             Table::Rejects => {
                 [ts_ns("received_at")].into_iter().chain(origin).chain([utf8("reason"), utf8("payload")]).collect()
             }
+            Table::AgentsHistory => [ts_ns("time"), utf8("key")]
+                .into_iter()
+                .chain(agent)
+                .chain(["mechanism", "public_ip", "state"].map(utf8))
+                .chain(["vcpu", "memory_gib", "cost_per_hour"].map(|name| nullable(f64(name))))
+                .chain([nullable(utf8("pull_url")), nullable(ts_ns("first_seen")), nullable(ts_ns("last_seen"))])
+                .chain([utf8("health"), Field::new("deleted", DataType::Boolean, false)])
+                .collect(),
+            Table::AgentHealth => [ts_ns("time")]
+                .into_iter()
+                .chain(["ns_id", "mcis_id", "vm_id", "csp_type", "from", "to", "reason"].map(utf8))
+                .collect(),
+            Table::Groups => [ts_ms("window_start"), ts_ms("window_end")]
+                .into_iter()
+                .chain(["level", "group_id", "metric"].map(utf8))
+                .chain([f64("value"), Field::new("vm_count", DataType::UInt64, false)])
+                .collect(),
+            Table::Rankings => [ts_ms("window_start"), ts_ms("window_end")]
+                .into_iter()
+                .chain(["level", "metric", "order"].map(utf8))
+                .chain([Field::new("rank", DataType::UInt32, false), utf8("group_id"), f64("value")])
+                .collect(),
         };
         Schema::new(fields)
     }
@@ -136,6 +191,9 @@ mod tests {
             assert!(t.schema().field_with_name(t.partition_column()).is_ok());
         }
         assert!("nope".parse::<Table>().is_err());
+        for view in VIEWS {
+            assert!(view.parse::<Table>().is_err(), "{view} is a view, not a table");
+        }
     }
 
     #[test]
@@ -144,7 +202,7 @@ mod tests {
         assert_eq!(
             names(Table::Aggregates),
             "window_start,window_end,ns_id,mcis_id,vm_id,csp_type,os_type,measurement,instance,field,\
-             count,sum,min,max,mean,last"
+             count,sum,min,max,mean,last,rate"
         );
         assert_eq!(
             names(Table::Late),
@@ -152,6 +210,23 @@ mod tests {
              source,partition,position"
         );
         assert_eq!(names(Table::Rejects), "received_at,source,partition,position,reason,payload");
+        assert_eq!(
+            names(Table::AgentsHistory),
+            "time,key,ns_id,mcis_id,vm_id,csp_type,os_type,mechanism,public_ip,state,vcpu,memory_gib,\
+             cost_per_hour,pull_url,first_seen,last_seen,health,deleted"
+        );
+        assert_eq!(names(Table::AgentHealth), "time,ns_id,mcis_id,vm_id,csp_type,from,to,reason");
+        assert_eq!(names(Table::Groups), "window_start,window_end,level,group_id,metric,value,vm_count");
+        assert_eq!(names(Table::Rankings), "window_start,window_end,level,metric,order,rank,group_id,value");
+        let nullable = |t: Table| {
+            t.schema().fields().iter().filter(|f| f.is_nullable()).map(|f| f.name().clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(nullable(Table::Aggregates), ["rate"]);
+        assert_eq!(
+            nullable(Table::AgentsHistory),
+            ["vcpu", "memory_gib", "cost_per_hour", "pull_url", "first_seen", "last_seen"]
+        );
+        assert!(nullable(Table::Groups).is_empty() && nullable(Table::AgentHealth).is_empty());
         let sql = Table::Rejects.sql_schema();
         assert_eq!(sql.fields().len(), 8);
         assert_eq!(sql.field(7).name(), "hour");

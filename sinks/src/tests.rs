@@ -7,10 +7,13 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{
-    Float64Type, Int32Type, Int64Type, TimestampMillisecondType, TimestampNanosecondType, UInt64Type,
+    Float64Type, Int32Type, Int64Type, TimestampMillisecondType, TimestampNanosecondType, UInt32Type, UInt64Type,
 };
-use operators::aggregate::Agg;
-use operators::model::{AgentTags, LateRow, Origin, RejectRow, SeriesKey, SinkItem, WindowBatch};
+use operators::aggregate::{Agg, Counters};
+use operators::model::{
+    AgentRow, AgentTags, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch,
+};
+use operators::registry::{AgentRecord, AgentState, Mechanism};
 
 use crate::lake::{LakeConfig, LakeWriter};
 use crate::sql::{format_batches, lake_context, query, OutputFormat};
@@ -492,4 +495,413 @@ async fn late_and_rejects_are_read_once_per_source_record() {
     }
     assert_eq!(num_rows(&rows(lake, "SELECT * FROM late").await), 2);
     assert_eq!(num_rows(&rows(lake, "SELECT * FROM rejects").await), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The registry, health, group and ranking tables, and counter rates.
+
+fn record(vm: &str, mcis: &str) -> AgentRecord {
+    AgentRecord {
+        key: format!("ns-1/mcis-1/{vm}/aws"),
+        ns_id: "ns-1".into(),
+        mcis_id: mcis.into(),
+        vm_id: vm.into(),
+        csp_type: "aws".into(),
+        os_type: "linux".into(),
+        ..AgentRecord::default()
+    }
+}
+
+fn agent_row(time: i64, record: AgentRecord, health: &str, deleted: bool) -> AgentRow {
+    AgentRow { time, record, first_seen: Some(T0), last_seen: Some(time), health: health.into(), deleted }
+}
+
+fn health_row(vm: &str, time: i64, from: &str, to: &str, reason: &str) -> HealthRow {
+    HealthRow {
+        time,
+        ns_id: "ns-1".into(),
+        mcis_id: "mcis-1".into(),
+        vm_id: vm.into(),
+        csp_type: "aws".into(),
+        from: from.into(),
+        to: to.into(),
+        reason: reason.into(),
+    }
+}
+
+fn group_row(start: i64, level: &str, group_id: &str, metric: &str, value: f64, vm_count: u64) -> GroupRow {
+    GroupRow {
+        window_start: start,
+        window_end: start + 10 * SEC,
+        level: level.into(),
+        group_id: group_id.into(),
+        metric: metric.into(),
+        value,
+        vm_count,
+    }
+}
+
+fn rank_row(start: i64, order: &str, rank: u32, group_id: &str, value: f64) -> RankRow {
+    RankRow {
+        window_start: start,
+        window_end: start + 10 * SEC,
+        level: "mcis".into(),
+        metric: "cpu_util_mean".into(),
+        order: order.into(),
+        rank,
+        group_id: group_id.into(),
+        value,
+    }
+}
+
+fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| b.column(column).as_string::<i32>().iter().map(|v| v.unwrap_or("NULL").to_string()))
+        .collect()
+}
+
+fn floats(batches: &[RecordBatch], column: usize) -> Vec<Option<f64>> {
+    batches.iter().flat_map(|b| b.column(column).as_primitive::<Float64Type>().iter().collect::<Vec<_>>()).collect()
+}
+
+fn nanos(batches: &[RecordBatch], column: usize) -> Vec<Option<i64>> {
+    batches
+        .iter()
+        .flat_map(|b| b.column(column).as_primitive::<TimestampNanosecondType>().iter().collect::<Vec<_>>())
+        .collect()
+}
+
+fn table_files(lake: &Path, table: &str) -> Vec<String> {
+    let dir = lake.join(table);
+    files_under(&dir).iter().map(|p| p.strip_prefix(&dir).expect("in table").display().to_string()).collect()
+}
+
+#[tokio::test]
+async fn agents_health_groups_and_rankings_round_trip_through_sql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let mut w = LakeWriter::new(LakeConfig { job: "j".into(), ..LakeConfig::new(lake) }, 0).expect("writer");
+    let full = AgentRecord {
+        mechanism: Mechanism::Pull,
+        public_ip: "10.0.0.1".into(),
+        state: AgentState::Disable,
+        vcpu: Some(4.0),
+        memory_gib: Some(15.5),
+        cost_per_hour: Some(0.192),
+        pull_url: Some("http://10.0.0.1:8888/metrics".into()),
+        ..record("vm-1", "mcis-1")
+    };
+    let bare =
+        AgentRow { first_seen: None, last_seen: None, ..agent_row(T_LATE, record("vm-2", "mcis-1"), "unknown", false) };
+    w.push(SinkItem::Agents(vec![agent_row(T0, full, "healthy", false), bare])).expect("push");
+    w.push(SinkItem::Health(vec![
+        health_row("vm-1", T0, "unknown", "healthy", "first data"),
+        health_row("vm-2", T0 + 40 * SEC, "healthy", "unhealthy", "no data for 3 windows"),
+    ]))
+    .expect("push");
+    w.push(SinkItem::Groups(vec![
+        group_row(T0, "mcis", "ns-1/mcis-1", "cpu_util_mean", 42.5, 2),
+        group_row(T0, "csp", "aws", "vcpu_total", 8.0, 2),
+    ]))
+    .expect("push");
+    w.push(SinkItem::Rankings(vec![
+        rank_row(T0, "top", 1, "ns-1/mcis-2", 90.0),
+        rank_row(T0, "bottom", 1, "ns-1/mcis-1", 42.5),
+    ]))
+    .expect("push");
+    assert_eq!(w.buffered_rows(), 4, "agents and health rows wait for a flush; windows are written at once");
+    let barrier = w.barrier().expect("barrier");
+    assert_eq!(w.buffered_rows(), 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while w.durable() < barrier {
+        assert!(Instant::now() < deadline, "barrier {barrier} never became durable");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stats = w.finish().expect("finish");
+    // agents (hours 22 and 23), health (23 and the next day's 00), groups, rankings
+    assert_eq!((stats.files, stats.rows), (6, 8), "{stats:?}");
+
+    let ms = T0 / 1_000_000;
+    let window_file = format!("date=2024-03-10/hour=23/part-{ms}-j-w000of001.parquet");
+    assert_eq!(table_files(lake, "groups"), table_files(lake, "rankings"));
+    assert_eq!(table_files(lake, "rankings"), [window_file]);
+    let agents = table_files(lake, "agents_history");
+    assert_eq!(agents.len(), 2);
+    assert!(
+        agents[0].starts_with("date=2024-03-10/hour=22/part-w000-") && agents[1].contains("hour=23/"),
+        "{agents:?}"
+    );
+    let health = table_files(lake, "agent_health");
+    assert_eq!(health.len(), 2, "{health:?}");
+    assert!(health[0].starts_with("date=2024-03-10/hour=23/part-w000-"), "{health:?}");
+    assert!(health[1].starts_with("date=2024-03-11/hour=00/part-w000-"), "{health:?}");
+
+    // agents_history: every column, nulls included.
+    let b = rows(
+        lake,
+        "SELECT time, key, ns_id, mcis_id, vm_id, csp_type, os_type, mechanism, public_ip, state, vcpu, memory_gib, \
+         cost_per_hour, pull_url, first_seen, last_seen, health, deleted, date, hour \
+         FROM agents_history ORDER BY time DESC",
+    )
+    .await;
+    assert_eq!(num_rows(&b), 2);
+    assert_eq!(nanos(&b, 0), [Some(T0), Some(T_LATE)]);
+    assert_eq!(strings(&b, 1), ["ns-1/mcis-1/vm-1/aws", "ns-1/mcis-1/vm-2/aws"]);
+    assert_eq!(strings(&b, 4), ["vm-1", "vm-2"]);
+    assert_eq!(strings(&b, 6), ["linux", "linux"]);
+    assert_eq!(strings(&b, 7), ["pull", "push"]);
+    assert_eq!(strings(&b, 8), ["10.0.0.1", ""]);
+    assert_eq!(strings(&b, 9), ["disable", "enable"]);
+    assert_eq!(floats(&b, 10), [Some(4.0), None]);
+    assert_eq!(floats(&b, 11), [Some(15.5), None]);
+    assert_eq!(floats(&b, 12), [Some(0.192), None]);
+    assert_eq!(strings(&b, 13), ["http://10.0.0.1:8888/metrics", "NULL"]);
+    assert_eq!(nanos(&b, 14), [Some(T0), None]);
+    assert_eq!(nanos(&b, 15), [Some(T0), None]);
+    assert_eq!(strings(&b, 16), ["healthy", "unknown"]);
+    assert_eq!(b[0].column(17).as_boolean().iter().collect::<Vec<_>>(), [Some(false), Some(false)]);
+    assert_eq!((strings(&b, 18), strings(&b, 19)), (vec!["2024-03-10".to_string(); 2], vec!["23".into(), "22".into()]));
+
+    // agent_health
+    let b = rows(
+        lake,
+        "SELECT time, ns_id, mcis_id, vm_id, csp_type, \"from\", \"to\", reason FROM agent_health ORDER BY time",
+    )
+    .await;
+    assert_eq!(num_rows(&b), 2);
+    assert_eq!(nanos(&b, 0), [Some(T0), Some(T0 + 40 * SEC)]);
+    assert_eq!(strings(&b, 3), ["vm-1", "vm-2"]);
+    assert_eq!(strings(&b, 4), ["aws", "aws"]);
+    assert_eq!(strings(&b, 5), ["unknown", "healthy"]);
+    assert_eq!(strings(&b, 6), ["healthy", "unhealthy"]);
+    assert_eq!(strings(&b, 7), ["first data", "no data for 3 windows"]);
+
+    // groups: window bounds in ms, like aggregates, so the two join on window_start.
+    let b = rows(
+        lake,
+        "SELECT g.window_start, g.window_end, level, group_id, metric, value, vm_count, g.date, g.hour \
+         FROM groups g ORDER BY metric",
+    )
+    .await;
+    assert_eq!(num_rows(&b), 2);
+    assert_eq!(b[0].column(0).as_primitive::<TimestampMillisecondType>().value(0), ms);
+    assert_eq!(b[0].column(1).as_primitive::<TimestampMillisecondType>().value(0), ms + 10_000);
+    assert_eq!(strings(&b, 2), ["mcis", "csp"]);
+    assert_eq!(strings(&b, 3), ["ns-1/mcis-1", "aws"]);
+    assert_eq!(strings(&b, 4), ["cpu_util_mean", "vcpu_total"]);
+    assert_eq!(floats(&b, 5), [Some(42.5), Some(8.0)]);
+    assert_eq!(b[0].column(6).as_primitive::<UInt64Type>().values(), &[2, 2]);
+    assert_eq!((strings(&b, 7)[0].as_str(), strings(&b, 8)[0].as_str()), ("2024-03-10", "23"));
+    let b = rows(lake, "SELECT count(*) FROM groups WHERE window_start = TIMESTAMP '2024-03-10T23:59:50Z'").await;
+    assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 2);
+
+    // rankings
+    let b = rows(
+        lake,
+        "SELECT window_start, window_end, level, metric, \"order\", rank, group_id, value \
+         FROM rankings ORDER BY \"order\" DESC",
+    )
+    .await;
+    assert_eq!(num_rows(&b), 2);
+    assert_eq!(b[0].column(0).as_primitive::<TimestampMillisecondType>().value(1), ms);
+    assert_eq!(strings(&b, 2), ["mcis", "mcis"]);
+    assert_eq!(strings(&b, 3), ["cpu_util_mean", "cpu_util_mean"]);
+    assert_eq!(strings(&b, 4), ["top", "bottom"]);
+    assert_eq!(b[0].column(5).as_primitive::<UInt32Type>().values(), &[1, 1]);
+    assert_eq!(strings(&b, 6), ["ns-1/mcis-2", "ns-1/mcis-1"]);
+    assert_eq!(floats(&b, 7), [Some(90.0), Some(42.5)]);
+
+    // Every table and view is listed.
+    let b = rows(
+        lake,
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
+    )
+    .await;
+    let mut expected: Vec<&str> = crate::TABLES.iter().chain(crate::VIEWS).copied().collect();
+    expected.sort();
+    assert_eq!(strings(&b, 0), expected);
+}
+
+#[tokio::test]
+async fn agents_and_health_are_read_once_per_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let t1 = T0 + 60 * SEC;
+    let t2 = T0 + 120 * SEC;
+    let moved = record("vm-1", "mcis-2");
+    // The same rows written by two runs (a job resumed from a checkpoint writes them again).
+    for _ in 0..2 {
+        let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+        w.push(SinkItem::Agents(vec![
+            agent_row(T0, record("vm-1", "mcis-1"), "unknown", false),
+            agent_row(T0, record("vm-1", "mcis-1"), "healthy", false),
+            agent_row(t1, moved.clone(), "healthy", false),
+            agent_row(T0, record("vm-2", "mcis-1"), "healthy", false),
+            // vm-2 is removed at t1; vm-3 is removed and recorded at the same time: the removal wins.
+            agent_row(t1, record("vm-2", "mcis-1"), "healthy", true),
+            agent_row(t2, record("vm-3", "mcis-1"), "healthy", false),
+            agent_row(t2, record("vm-3", "mcis-1"), "healthy", true),
+        ]))
+        .expect("push");
+        w.push(SinkItem::Health(vec![
+            health_row("vm-1", T0, "unknown", "healthy", "first data"),
+            health_row("vm-1", t1, "healthy", "unhealthy", "no data for 3 windows"),
+        ]))
+        .expect("push");
+        w.finish().expect("finish");
+    }
+    assert_eq!(num_rows(&rows(lake, "SELECT * FROM agents_history").await), 7);
+    assert_eq!(num_rows(&rows(lake, "SELECT * FROM agent_health").await), 2);
+
+    let b = rows(lake, "SELECT key, mcis_id, time, health, deleted, date, hour FROM agents ORDER BY key").await;
+    assert_eq!(strings(&b, 0), ["ns-1/mcis-1/vm-1/aws"], "deleted keys are hidden");
+    assert_eq!(strings(&b, 1), ["mcis-2"], "the latest version");
+    assert_eq!(nanos(&b, 2), [Some(t1)]);
+    assert_eq!(strings(&b, 3), ["healthy"]);
+
+    // A key registered again after its removal is back.
+    let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+    w.push(SinkItem::Agents(vec![agent_row(t2, record("vm-2", "mcis-1"), "unknown", false)])).expect("push");
+    w.finish().expect("finish");
+    let b = rows(lake, "SELECT key, health FROM agents ORDER BY key").await;
+    assert_eq!(strings(&b, 0), ["ns-1/mcis-1/vm-1/aws", "ns-1/mcis-1/vm-2/aws"]);
+    assert_eq!(strings(&b, 1), ["healthy", "unknown"]);
+}
+
+#[tokio::test]
+async fn aggregates_have_a_rate_for_counters_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let cfg = LakeConfig { counters: Counters::new(["net", "nginx.requests"]), ..LakeConfig::new(lake) };
+    let mut w = LakeWriter::new(cfg, 0).expect("writer");
+    w.push(window(
+        T0,
+        vec![
+            // 100 → 300 over 4 s.
+            (key("vm-1", "net", "eth0", "bytes_recv"), agg(T0, &[100.0, 200.0, 300.0])),
+            // Reset: counted from zero, 50 over 2 s.
+            (key("vm-1", "net", "eth1", "bytes_recv"), agg(T0, &[1000.0, 50.0])),
+            // One timestamp: no rate.
+            (key("vm-1", "net", "eth2", "bytes_recv"), agg(T0, &[7.0])),
+            (key("vm-1", "nginx", "", "requests"), agg(T0, &[10.0, 16.0])),
+            (key("vm-1", "nginx", "", "active"), agg(T0, &[10.0, 16.0])),
+            (key("vm-1", "cpu", "cpu-total", "usage_idle"), agg(T0, &[90.0, 80.0])),
+        ],
+    ))
+    .expect("push");
+    w.finish().expect("finish");
+    let b =
+        rows(lake, "SELECT measurement, instance, field, rate FROM aggregates ORDER BY measurement, instance, field")
+            .await;
+    assert_eq!(strings(&b, 0), ["cpu", "net", "net", "net", "nginx", "nginx"]);
+    assert_eq!(strings(&b, 2), ["usage_idle", "bytes_recv", "bytes_recv", "bytes_recv", "active", "requests"]);
+    assert_eq!(floats(&b, 3), [None, Some(50.0), Some(25.0), None, None, Some(3.0)]);
+    let b = rows(lake, "SELECT count(rate), count(*) FROM aggregates").await;
+    assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 3);
+}
+
+#[tokio::test]
+async fn aggregate_files_without_a_rate_column_read_as_null() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+    w.push(window(T0, vec![(key("vm-1", "net", "eth0", "bytes_recv"), agg(T0, &[1.0, 3.0]))])).expect("push");
+    w.finish().expect("finish");
+    // Rewrite the file as written before `rate` existed.
+    let file = files_under(&lake.join("aggregates")).pop().expect("a file");
+    let batch = {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&file).expect("open"))
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        let batch = reader.map(|b| b.expect("batch")).next().expect("a batch");
+        let without_rate: Vec<usize> = (0..batch.num_columns() - 1).collect();
+        batch.project(&without_rate).expect("project")
+    };
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(fs::File::create(&file).expect("create"), batch.schema(), None)
+            .expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+    let b = rows(lake, "SELECT sum, rate FROM aggregates").await;
+    assert_eq!(floats(&b, 0), [Some(4.0)]);
+    assert_eq!(floats(&b, 1), [None]);
+}
+
+#[tokio::test]
+async fn a_groups_window_written_again_replaces_its_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let t1 = T0 + 10 * SEC;
+    // A first run with two workers wrote two windows, then died.
+    let two = LakeConfig { workers: 2, ..LakeConfig::new(lake) };
+    for worker in 0..2 {
+        let mut w = LakeWriter::new(two.clone(), worker).expect("writer");
+        let group = format!("mcis-{worker}");
+        w.push(SinkItem::Groups(vec![group_row(T0, "mcis", &group, "cpu_util_mean", 1.0, 1)])).expect("push");
+        w.push(SinkItem::Rankings(vec![rank_row(T0, "top", 1, &group, 1.0)])).expect("push");
+        w.push(SinkItem::Groups(vec![group_row(t1, "mcis", &group, "cpu_util_mean", 2.0, 1)])).expect("push");
+        w.finish().expect("finish");
+    }
+    assert_eq!(table_files(lake, "groups").len(), 4);
+    // Window T0 computed again by one worker, twice: it replaces both workers' files of T0, and
+    // within the run, its second version replaces the first.
+    for _ in 0..2 {
+        let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+        w.push(SinkItem::Groups(vec![group_row(T0, "mcis", "mcis-0", "cpu_util_mean", 5.0, 3)])).expect("push");
+        w.push(SinkItem::Groups(vec![
+            group_row(T0, "mcis", "mcis-0", "cpu_util_mean", 10.0, 3),
+            group_row(T0, "mcis", "mcis-1", "cpu_util_mean", 20.0, 1),
+        ]))
+        .expect("push");
+        w.push(SinkItem::Rankings(vec![
+            rank_row(T0, "top", 1, "mcis-1", 20.0),
+            rank_row(T0, "top", 2, "mcis-0", 10.0),
+        ]))
+        .expect("push");
+        let stats = w.finish().expect("finish");
+        assert_eq!(stats.files, 3);
+    }
+    let ms = T0 / 1_000_000;
+    let groups = table_files(lake, "groups");
+    assert_eq!(groups.len(), 3, "{groups:?}");
+    assert!(groups.contains(&format!("date=2024-03-10/hour=23/part-{ms}-job-w000of001.parquet")), "{groups:?}");
+    assert_eq!(table_files(lake, "rankings"), [format!("date=2024-03-10/hour=23/part-{ms}-job-w000of001.parquet")]);
+    let b = rows(
+        lake,
+        "SELECT group_id, value, vm_count FROM groups \
+         WHERE window_start = TIMESTAMP '2024-03-10T23:59:50Z' ORDER BY group_id",
+    )
+    .await;
+    assert_eq!(strings(&b, 0), ["mcis-0", "mcis-1"]);
+    assert_eq!(floats(&b, 1), [Some(10.0), Some(20.0)]);
+    assert_eq!(b[0].column(2).as_primitive::<UInt64Type>().values(), &[3, 1]);
+    // The other window keeps the first run's files.
+    let b = rows(lake, "SELECT count(*) FROM groups WHERE window_start > TIMESTAMP '2024-03-10T23:59:50Z'").await;
+    assert_eq!(b[0].column(0).as_primitive::<Int64Type>().value(0), 2);
+    let b = rows(lake, "SELECT rank, group_id FROM rankings ORDER BY rank").await;
+    assert_eq!(strings(&b, 1), ["mcis-1", "mcis-0"]);
+}
+
+#[tokio::test]
+async fn one_groups_item_with_two_windows_writes_two_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let t1 = T0 + 10 * SEC;
+    let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+    w.push(SinkItem::Groups(vec![
+        group_row(T0, "ns", "ns-1", "processes", 1.0, 1),
+        group_row(t1, "ns", "ns-1", "processes", 2.0, 1),
+        group_row(T0, "os", "linux", "processes", 3.0, 1),
+    ]))
+    .expect("push");
+    let stats = w.finish().expect("finish");
+    assert_eq!((stats.files, stats.rows), (2, 3));
+    let files = table_files(lake, "groups");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("date=2024-03-10/hour=23/") && files[1].starts_with("date=2024-03-11/hour=00/"));
+    let b = rows(lake, "SELECT value FROM groups ORDER BY value").await;
+    assert_eq!(floats(&b, 0), [Some(1.0), Some(2.0), Some(3.0)]);
 }

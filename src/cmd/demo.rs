@@ -71,6 +71,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         keys: KeysConfig::default(),
         limits: Default::default(),
         checkpoint: Default::default(),
+        groups: Default::default(),
+        registry: Default::default(),
+        counters: Default::default(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: args.lake.clone(), flush_interval: Duration::from_secs(5) })],
     };
     let control = Arc::new(JobControl::new());

@@ -38,6 +38,9 @@ fn kafka_to_lake_counts_every_message_once() {
         keys: KeysConfig::default(),
         limits: Default::default(),
         checkpoint: Default::default(),
+        groups: Default::default(),
+        registry: Default::default(),
+        counters: Default::default(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: lake.clone(), flush_interval: Duration::from_secs(10) })],
     };
     let metrics = Arc::new(JobMetrics::new(2));

@@ -9,5 +9,6 @@ mod common;
 mod crash;
 mod demo;
 mod file_job;
+mod groups;
 mod kafka_mock;
 mod services;

@@ -1,6 +1,8 @@
 //! Fleet metrics: the agent registry, agent health, group metrics and rankings (see
 //! `docs/groups.md` for their exact definitions).
 
+pub mod reference;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -109,3 +111,12 @@ impl Default for GroupsConfig {
         }
     }
 }
+
+pub mod agents;
+pub mod dataflow;
+pub mod vm;
+
+pub use dataflow::fleet_metrics;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,310 @@
+//! The registry and health of the agents one worker owns (by the stable hash of their key).
+//!
+//! Each agent has a *timeline* of registry records keyed by timely time (the end of the first
+//! window a record applies to). The registry collection that group metrics join against is
+//! derived from the timelines: setting a record at time `T` retracts the member valid at `T` and
+//! inserts the new one, and corrects the next entry's change, so the collection at any time holds
+//! exactly the record of the latest entry at or before it — whatever order updates arrive in.
+//!
+//! Sightings (an agent reported in a window) are processed in time order once the input frontier
+//! has passed their window, so health changes are deterministic. Silence timers fire when the
+//! frontier passes them while the input still runs: an input that ends closes its last windows
+//! with an empty frontier, and that fires nothing.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+use timely::progress::frontier::MutableAntichain;
+
+use super::vm::Member;
+use super::GroupsConfig;
+use crate::model::{AgentRow, AgentTags, HealthRow, SinkItem};
+use crate::registry::{AgentRecord, AgentState, RegistryUpdate};
+use crate::window::Time;
+
+/// A change of the registry collection: `((key, member), time, diff)`.
+pub type MemberUpdate = ((String, Member), Time, isize);
+
+/// What the operator emits.
+#[derive(Clone, Debug)]
+pub enum AgentsOut {
+    Member(MemberUpdate),
+    Item(SinkItem),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Health {
+    Unknown,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    fn name(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    record: Option<AgentRecord>,
+}
+
+#[derive(Debug)]
+struct Agent {
+    timeline: BTreeMap<Time, Entry>,
+    first_seen: Option<i64>,
+    last_seen: Option<i64>,
+    health: Health,
+    /// The pending silence timer (timely time of the window whose close makes it fire).
+    timer: Option<Time>,
+}
+
+impl Agent {
+    fn new() -> Self {
+        Agent { timeline: BTreeMap::new(), first_seen: None, last_seen: None, health: Health::Unknown, timer: None }
+    }
+
+    fn record_at(&self, t: Time) -> Option<&AgentRecord> {
+        self.timeline.range(..=t).next_back().and_then(|(_, e)| e.record.as_ref())
+    }
+
+    /// Drops entries no time at or after `frontier` can see.
+    fn compact(&mut self, frontier: Time) {
+        let keep = self.timeline.range(..=frontier).next_back().map(|(t, _)| *t);
+        if let Some(keep) = keep {
+            self.timeline = self.timeline.split_off(&keep);
+        }
+    }
+}
+
+/// Registry and health state of one worker.
+pub struct Agents {
+    config: GroupsConfig,
+    agents: FxHashMap<String, Agent>,
+    timers: BTreeMap<Time, Vec<String>>,
+    /// Sightings waiting for their window's time to pass: `(key, tags, window_start)`.
+    sightings: BTreeMap<Time, Vec<(String, AgentTags, i64)>>,
+    next_snapshot: Option<i64>,
+}
+
+impl Agents {
+    pub fn new(config: GroupsConfig) -> Self {
+        Agents {
+            config,
+            agents: FxHashMap::default(),
+            timers: BTreeMap::new(),
+            sightings: BTreeMap::new(),
+            next_snapshot: None,
+        }
+    }
+
+    fn size(&self) -> i64 {
+        self.config.window
+    }
+
+    /// Timely time of the first window starting at or after event time `t`.
+    fn time_from(&self, t: i64) -> Time {
+        let size = self.size();
+        let start = t.div_euclid(size) * size + if t.rem_euclid(size) == 0 { 0 } else { size };
+        (start.saturating_add(size)).max(0) as Time
+    }
+
+    /// Sets `key`'s record from timely time `at` on.
+    fn set(&mut self, key: &str, at: Time, record: Option<AgentRecord>, out: &mut Vec<AgentsOut>) {
+        let agent = self.agents.entry(key.to_string()).or_insert_with(Agent::new);
+        let current = agent.record_at(at).map(Member::of);
+        let next = agent.timeline.range(at + 1..).next().map(|(t, _)| *t);
+        let new = record.as_ref().map(Member::of);
+        if current != new {
+            let mut emit = |m: &Option<Member>, t: Time, d: isize| {
+                if let Some(m) = m {
+                    out.push(AgentsOut::Member(((key.to_string(), m.clone()), t, d)));
+                }
+            };
+            emit(&current, at, -1);
+            emit(&new, at, 1);
+            if let Some(next) = next {
+                emit(&current, next, 1);
+                emit(&new, next, -1);
+            }
+        }
+        let changed = agent.record_at(at) != record.as_ref();
+        agent.timeline.insert(at, Entry { record: record.clone() });
+        if changed {
+            let deleted = record.is_none();
+            let shown = record.or_else(|| agent.timeline.range(..at).next_back().and_then(|(_, e)| e.record.clone()));
+            if let Some(shown) = shown {
+                let row = AgentRow {
+                    time: at as i64 - self.config.window,
+                    record: shown,
+                    first_seen: agent.first_seen,
+                    last_seen: agent.last_seen,
+                    health: agent.health.name().to_string(),
+                    deleted,
+                };
+                out.push(AgentsOut::Item(SinkItem::Agents(vec![row])));
+            }
+        }
+    }
+
+    /// A registry update that arrived at timely time `now` (the first window not yet closed).
+    pub fn update(&mut self, update: RegistryUpdate, now: Time, out: &mut Vec<AgentsOut>) {
+        let at = match update.time {
+            Some(t) => self.time_from(t).max(now),
+            None => now,
+        };
+        let record = update.record.map(|mut r| {
+            r.key = update.key.clone();
+            r
+        });
+        self.set(&update.key, at, record, out);
+    }
+
+    /// An agent reported in the window `[window_start, window_start + size)`.
+    pub fn sighting(&mut self, key: String, tags: AgentTags, window_start: i64) {
+        let t = (window_start + self.size()) as Time;
+        self.sightings.entry(t).or_default().push((key, tags, window_start));
+    }
+
+    /// Processes sightings and timers the frontier has passed; `frontier` empty means the input
+    /// ended (nothing fires).
+    pub fn advance(&mut self, frontier: &MutableAntichain<Time>, out: &mut Vec<AgentsOut>) {
+        let ended = frontier.is_empty();
+        loop {
+            let next_sighting = self.sightings.first_key_value().map(|(t, _)| *t);
+            let next_timer = if ended { None } else { self.timers.first_key_value().map(|(t, _)| *t) };
+            let t = match (next_sighting, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if frontier.less_equal(&t) {
+                break;
+            }
+            if next_sighting == Some(t) {
+                let seen = self.sightings.remove(&t).unwrap_or_default();
+                for (key, tags, start) in seen {
+                    self.seen(key, &tags, start, t, out);
+                }
+            } else {
+                let keys = self.timers.remove(&t).unwrap_or_default();
+                for key in keys {
+                    self.silent(&key, t, out);
+                }
+            }
+        }
+        if ended {
+            self.timers.clear();
+            return;
+        }
+        let Some(low) = frontier.frontier().iter().min().copied() else { return };
+        self.snapshot(low, out);
+    }
+
+    fn seen(&mut self, key: String, tags: &AgentTags, start: i64, t: Time, out: &mut Vec<AgentsOut>) {
+        let agent = self.agents.entry(key.clone()).or_insert_with(Agent::new);
+        agent.first_seen = Some(agent.first_seen.map_or(start, |f| f.min(start)));
+        let fresh = agent.last_seen.is_none_or(|l| l < start);
+        if fresh {
+            agent.last_seen = Some(start);
+        }
+        if agent.record_at(t).is_none() {
+            self.set(&key, t, Some(AgentRecord::from_tags(tags)), out);
+        }
+        if !fresh {
+            return;
+        }
+        let n = self.config.unhealthy_after as i64;
+        let size = self.size();
+        let fire = (start + (n + 1) * size) as Time;
+        let agent = self.agents.get_mut(&key).expect("registered above");
+        agent.timer = Some(fire);
+        self.timers.entry(fire).or_default().push(key.clone());
+        let agent = self.agents.get_mut(&key).expect("registered above");
+        let enabled = agent.record_at(t).is_some_and(|r| r.state == AgentState::Enable);
+        if enabled && agent.health != Health::Healthy {
+            let reason = if agent.health == Health::Unknown { "first data" } else { "data again" };
+            let from = agent.health;
+            agent.health = Health::Healthy;
+            self.transition(&key, start, t, from, reason, out);
+        }
+    }
+
+    fn silent(&mut self, key: &str, t: Time, out: &mut Vec<AgentsOut>) {
+        let size = self.size() as Time;
+        let Some(agent) = self.agents.get_mut(key) else { return };
+        if agent.timer != Some(t) {
+            return; // data came since
+        }
+        agent.timer = None;
+        let enabled = agent.record_at(t + size).is_some_and(|r| r.state == AgentState::Enable);
+        if enabled && agent.health == Health::Healthy {
+            agent.health = Health::Unhealthy;
+            let n = self.config.unhealthy_after;
+            self.transition(key, t as i64, t, Health::Healthy, &format!("no data for {n} windows"), out);
+        }
+    }
+
+    fn transition(&mut self, key: &str, time: i64, t: Time, from: Health, reason: &str, out: &mut Vec<AgentsOut>) {
+        let agent = &self.agents[key];
+        let to = agent.health;
+        // The agent as it reports (its key), whichever group its record places it in.
+        let mut parts = key.splitn(4, '/').map(str::to_string);
+        let mut next = || parts.next().unwrap_or_default();
+        let (ns_id, mcis_id, vm_id, csp_type) = (next(), next(), next(), next());
+        out.push(AgentsOut::Item(SinkItem::Health(vec![HealthRow {
+            time,
+            ns_id,
+            mcis_id,
+            vm_id,
+            csp_type,
+            from: from.name().to_string(),
+            to: to.name().to_string(),
+            reason: reason.to_string(),
+        }])));
+        if let Some(record) = agent.record_at(t).cloned() {
+            out.push(AgentsOut::Item(SinkItem::Agents(vec![AgentRow {
+                time,
+                record,
+                first_seen: agent.first_seen,
+                last_seen: agent.last_seen,
+                health: to.name().to_string(),
+                deleted: false,
+            }])));
+        }
+    }
+
+    /// Every `snapshot_every` of event time, a row per registered agent; and compaction.
+    fn snapshot(&mut self, low: Time, out: &mut Vec<AgentsOut>) {
+        let every = self.config.snapshot_every.max(1);
+        let closed = low as i64 - self.size(); // windows starting before this are closed
+        let next = *self.next_snapshot.get_or_insert_with(|| (closed.div_euclid(every) + 1) * every);
+        if closed < next {
+            return;
+        }
+        let mut rows = Vec::new();
+        for agent in self.agents.values_mut() {
+            if let Some(record) = agent.record_at(low).cloned() {
+                rows.push(AgentRow {
+                    time: next,
+                    record,
+                    first_seen: agent.first_seen,
+                    last_seen: agent.last_seen,
+                    health: agent.health.name().to_string(),
+                    deleted: false,
+                });
+            }
+            agent.compact(low);
+        }
+        if !rows.is_empty() {
+            out.push(AgentsOut::Item(SinkItem::Agents(rows)));
+        }
+        self.next_snapshot = Some((closed.div_euclid(every) + 1) * every);
+    }
+}

@@ -1,0 +1,259 @@
+//! The fleet-metrics dataflow: window aggregates and registry updates in, rows of `agents`,
+//! `agent_health`, `groups` and `rankings` out.
+//!
+//! ```text
+//! windows ─► per-VM partials ─┬─► sightings ─┐
+//!                             │              ├─► Agents (registry timelines, health) ─► agents, agent_health
+//! registry updates ───────────┼──────────────┘          │
+//!                             │                     members (key → record, over time)
+//!                             ▼                          │
+//!                     parts (key → window, partial) ──join──► by group ──reduce──► groups ──reduce──► rankings
+//! ```
+//!
+//! Times are timely times of windows (their end, ns). A VM's parts live in the collection only at
+//! their window's time — inserted at `end`, retracted at `end + 1` — so each window is joined with
+//! the registry *as of that window*, a registry change touches only windows at or after it, and
+//! the arrangements hold nothing once a window has passed: state is proportional to agents, not
+//! to windows seen.
+
+use std::collections::BTreeMap;
+
+use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::{Capability, Concat, Operator};
+use timely::dataflow::Stream;
+
+use super::agents::{Agents, AgentsOut};
+use super::vm::{group_metrics, rank, Member, VmPartial, F64, RANKED_METRICS};
+use super::{GroupsConfig, Level};
+use crate::model::{stable_hash, AgentTags, GroupRow, RankRow, SinkItem, WindowBatch};
+use crate::registry::RegistryUpdate;
+use crate::window::Time;
+
+/// One VM's partial in one window, from one worker: `(key, tags, window_start, partial)`.
+type Part = (String, AgentTags, i64, VmPartial);
+
+/// Group key: `(level, group_id, window_start)`.
+type GroupKey = (Level, String, i64);
+
+/// Builds the fleet metrics of window aggregates and registry updates.
+pub fn fleet_metrics<'scope>(
+    windows: Stream<'scope, Time, Vec<WindowBatch>>,
+    updates: Stream<'scope, Time, Vec<RegistryUpdate>>,
+    config: GroupsConfig,
+) -> Stream<'scope, Time, Vec<SinkItem>> {
+    let size = config.window;
+    let part_config = config.clone();
+    let parts: Stream<'scope, Time, Vec<Part>> = windows.flat_map(move |batch| vm_partials(&batch, &part_config));
+
+    // Registry and health, each agent on the worker its key hashes to.
+    let agents_config = config.clone();
+    let agents_out = parts.clone().binary_frontier::<_, CapacityContainerBuilder<Vec<AgentsOut>>, _, _, _, _>(
+        updates,
+        Exchange::new(|p: &Part| stable_hash(&[&p.0])),
+        Exchange::new(|u: &RegistryUpdate| stable_hash(&[&u.key])),
+        "Agents",
+        move |cap, _info| {
+            let mut agents = Agents::new(agents_config);
+            let mut held: Option<Capability<Time>> = Some(cap);
+            let mut out = Vec::new();
+            move |(parts_in, parts_frontier), (updates_in, updates_frontier), output| {
+                parts_in.for_each(|_cap, data| {
+                    for (key, tags, start, _) in data.drain(..) {
+                        agents.sighting(key, tags, start);
+                    }
+                });
+                updates_in.for_each(|cap, data| {
+                    for u in data.drain(..) {
+                        agents.update(u, cap.least().copied().unwrap_or_default(), &mut out);
+                    }
+                });
+                let mut frontier = parts_frontier.clone();
+                frontier.update_iter(updates_frontier.frontier().iter().map(|t| (*t, 1)));
+                agents.advance(&frontier, &mut out);
+                if let Some(cap) = &held {
+                    if !out.is_empty() {
+                        output.session(cap).give_iterator(out.drain(..));
+                    }
+                }
+                match frontier.frontier().iter().min() {
+                    Some(low) => {
+                        if let Some(cap) = held.as_mut() {
+                            if cap.time() < low {
+                                cap.downgrade(low);
+                            }
+                        }
+                    }
+                    None => held = None,
+                }
+            }
+        },
+    );
+    let members: VecCollection<'scope, Time, (String, Member)> = agents_out
+        .clone()
+        .flat_map(|o| match o {
+            AgentsOut::Member(m) => Some(m),
+            AgentsOut::Item(_) => None,
+        })
+        .as_collection();
+    let agent_items = agents_out.flat_map(|o| match o {
+        AgentsOut::Item(i) => Some(i),
+        AgentsOut::Member(_) => None,
+    });
+
+    // Each part lives only at its window's time.
+    let window_parts: VecCollection<'scope, Time, (String, (i64, VmPartial))> = parts
+        .flat_map(move |(key, _, start, partial)| {
+            let t = (start + size) as Time;
+            let value = (key, (start, partial));
+            [(value.clone(), t, 1isize), (value, t + 1, -1isize)]
+        })
+        .as_collection();
+
+    let levels = config.levels.clone();
+    let by_group = window_parts.join(members).flat_map(move |(key, ((start, partial), member))| {
+        levels
+            .iter()
+            .filter_map(|&level| {
+                member.group(level).map(|g| ((level, g, start), (key.clone(), partial.clone(), member.clone())))
+            })
+            .collect::<Vec<_>>()
+    });
+
+    let group_config = config.clone();
+    let groups =
+        by_group.reduce(move |(level, _, _): &GroupKey, input, output: &mut Vec<((String, F64, u64), isize)>| {
+            // Values arrive sorted: a VM's partials from several workers are adjacent.
+            let mut vms: Vec<(VmPartial, &Member)> = Vec::new();
+            let mut last_key: Option<&String> = None;
+            for ((key, partial, member), count) in input {
+                for _ in 0..(*count).max(0) {
+                    if last_key == Some(key) {
+                        vms.last_mut().expect("same key").0.merge(partial);
+                    } else {
+                        vms.push((partial.clone(), member));
+                        last_key = Some(key);
+                    }
+                }
+            }
+            let refs: Vec<(&VmPartial, &Member)> = vms.iter().map(|(p, m)| (p, *m)).collect();
+            let vm_count = vms.len() as u64;
+            for (metric, value) in group_metrics(*level, &refs, &group_config) {
+                output.push(((metric, F64(value), vm_count), 1));
+            }
+        });
+
+    let k = config.k;
+    let rankings = groups
+        .clone()
+        .flat_map(|((level, group, start), (metric, value, _))| {
+            RANKED_METRICS.contains(&metric.as_str()).then(|| ((start, level, metric), (value, group)))
+        })
+        .reduce(move |_key: &(i64, Level, String), input, output: &mut Vec<((String, u32, String, F64), isize)>| {
+            let values: Vec<(String, f64)> = input.iter().map(|((v, g), _)| (g.clone(), v.0)).collect();
+            for (order, r, group, value) in rank(&values, k) {
+                output.push(((order.to_string(), r, group, F64(value)), 1));
+            }
+        });
+
+    let group_items =
+        collect_per_window(groups.inner, "GroupRows", move |((level, group_id, start), (metric, value, vm_count))| {
+            SinkItem::Groups(vec![GroupRow {
+                window_start: start,
+                window_end: start + size,
+                level: level.name().to_string(),
+                group_id,
+                metric,
+                value: value.0,
+                vm_count,
+            }])
+        });
+    let rank_items =
+        collect_per_window(rankings.inner, "RankRows", move |((start, level, metric), (order, r, group_id, value))| {
+            SinkItem::Rankings(vec![RankRow {
+                window_start: start,
+                window_end: start + size,
+                level: level.name().to_string(),
+                metric,
+                order: if order == "top" { "top" } else { "bottom" }.to_string(),
+                rank: r,
+                group_id,
+                value: value.0,
+            }])
+        });
+    agent_items.concat(group_items).concat(rank_items)
+}
+
+/// The per-VM partials of one worker's window batch.
+fn vm_partials(batch: &WindowBatch, config: &GroupsConfig) -> Vec<Part> {
+    let mut by_agent: FxHashMap<*const AgentTags, (usize, VmPartial)> = FxHashMap::default();
+    let mut agents = Vec::new();
+    for (key, agg) in &batch.rows {
+        let ptr = std::sync::Arc::as_ptr(&key.agent);
+        let entry = by_agent.entry(ptr).or_insert_with(|| {
+            agents.push(key.agent.clone());
+            (agents.len() - 1, VmPartial::new(config))
+        });
+        entry.1.add(key, agg, config);
+    }
+    let mut parts: Vec<Part> = by_agent
+        .into_values()
+        .map(|(i, partial)| {
+            let tags = &agents[i];
+            (tags.key(), (**tags).clone(), batch.window_start, partial)
+        })
+        .collect();
+    parts.sort_by(|a, b| a.0.cmp(&b.0));
+    parts
+}
+
+/// Gathers the positive rows of a differential output per time and emits them as one sink item
+/// per window once the time has passed (retractions, at `end + 1`, are dropped).
+fn collect_per_window<'scope, D: Clone + 'static>(
+    stream: Stream<'scope, Time, Vec<(D, Time, isize)>>,
+    name: &str,
+    mut row: impl FnMut(D) -> SinkItem + 'static,
+) -> Stream<'scope, Time, Vec<SinkItem>> {
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(Pipeline, name, move |_, _| {
+        let mut open: BTreeMap<Time, (Capability<Time>, Vec<SinkItem>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, data| {
+                for (d, t, r) in data.drain(..) {
+                    if r <= 0 {
+                        continue;
+                    }
+                    let entry = open.entry(t).or_insert_with(|| (cap.delayed(&t, 0), Vec::new()));
+                    for _ in 0..r {
+                        entry.1.push(row(d.clone()));
+                    }
+                }
+            });
+            while let Some((&t, _)) = open.first_key_value() {
+                if frontier.less_equal(&t) {
+                    break;
+                }
+                let (cap, items) = open.pop_first().map(|(_, v)| v).expect("first key exists");
+                if let Some(item) = merge_items(items) {
+                    output.session(&cap).give(item);
+                }
+            }
+        }
+    })
+}
+
+/// One item of the rows of several single-row items of the same table.
+fn merge_items(items: Vec<SinkItem>) -> Option<SinkItem> {
+    let mut iter = items.into_iter();
+    let mut first = iter.next()?;
+    for item in iter {
+        match (&mut first, item) {
+            (SinkItem::Groups(a), SinkItem::Groups(b)) => a.extend(b),
+            (SinkItem::Rankings(a), SinkItem::Rankings(b)) => a.extend(b),
+            _ => {}
+        }
+    }
+    Some(first)
+}

@@ -1,0 +1,100 @@
+//! The registry-updates source of the fleet metrics: the registry file (reloaded when it
+//! changes) and the registry topic, read by worker 0 and routed to the agents' owners by the
+//! fleet dataflow.
+//!
+//! The source's time follows the window results' frontier (a probe): an update is stamped with
+//! the first window not yet closed, so it applies from that window on (or from its own `time`,
+//! if later), and the source never holds the windows back. When the windows' frontier is empty
+//! the job is over and the source stops.
+
+use std::time::{Duration, Instant};
+
+use operators::registry::{RegistryFile, RegistryUpdate};
+use operators::window::Time;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::{Scope, Stream};
+
+use crate::source::registry::RegistryTopic;
+
+/// How often the source looks at the file, the topic and the windows' frontier.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Where registry updates come from.
+pub struct RegistryInputs {
+    pub file: Option<RegistryFile>,
+    pub topic: Option<RegistryTopic>,
+    pub reload_interval: Duration,
+}
+
+/// The registry-updates stream. Only the worker given `inputs` reads; the others' streams are empty.
+pub fn registry_updates<'scope>(
+    scope: Scope<'scope, Time>,
+    inputs: Option<RegistryInputs>,
+    windows: ProbeHandle<Time>,
+) -> Stream<'scope, Time, Vec<RegistryUpdate>> {
+    let mut builder = OperatorBuilder::new("RegistryUpdates".to_owned(), scope);
+    let info = builder.operator_info();
+    let activator = scope.activator_for(info.address.clone());
+    let (out, stream) = builder.new_output::<Vec<RegistryUpdate>>();
+    let mut out = OutputBuilder::<_, CapacityContainerBuilder<Vec<RegistryUpdate>>>::from(out);
+    builder.build(move |mut caps| {
+        let mut cap = caps.pop();
+        let mut inputs = inputs;
+        if inputs.is_none() {
+            cap = None;
+        }
+        let mut last_reload: Option<Instant> = None;
+        activator.activate();
+        move |_frontiers| {
+            let (Some(c), Some(inputs)) = (cap.as_mut(), inputs.as_mut()) else { return };
+            let mut updates = Vec::new();
+            if let Some(file) = inputs.file.as_mut() {
+                if last_reload.is_none_or(|t| t.elapsed() >= inputs.reload_interval) {
+                    last_reload = Some(Instant::now());
+                    match file.poll() {
+                        Ok(Some(u)) => updates.extend(u),
+                        Ok(None) => {}
+                        Err(e) => eprintln!(
+                            "dragonflow: registry file {}: {e} (keeping the last good version)",
+                            file.path().display()
+                        ),
+                    }
+                }
+            }
+            if let Some(topic) = inputs.topic.as_mut() {
+                for u in topic.poll() {
+                    match u {
+                        Ok(u) => updates.push(u),
+                        Err(e) => eprintln!("dragonflow: registry topic: {e}"),
+                    }
+                }
+            }
+            if !updates.is_empty() {
+                let mut handle = out.activate();
+                handle.session(c).give_iterator(updates.into_iter());
+            }
+            match windows.with_frontier(|f| f.iter().min().copied()) {
+                Some(low) => {
+                    if *c.time() < low {
+                        c.downgrade(&low);
+                    }
+                    activator.activate_after(POLL);
+                }
+                None => cap = None,
+            }
+        }
+    });
+    stream
+}
+
+/// Reads the registry file once, for a job about to start: a file that cannot be read or parsed
+/// is refused with the reason, before any data flows.
+pub fn open_registry_file(path: &std::path::Path) -> Result<RegistryFile, String> {
+    let mut file = RegistryFile::new(path);
+    file.poll().map_err(|e| format!("registry.file {}: {e}", path.display()))?;
+    // The first poll's records are handed out again by a fresh reader.
+    Ok(RegistryFile::new(path))
+}
