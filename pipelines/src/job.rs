@@ -268,7 +268,7 @@ fn run_worker(
 
     let groups = spec.groups_config();
     let registry_inputs = match (&groups, index) {
-        (Some(_), 0) => Some(RegistryInputs {
+        (Some(_), 0) if spec.registry.file.is_some() || spec.registry.topic.is_some() => Some(RegistryInputs {
             file: spec.registry.file.as_ref().map(operators::registry::RegistryFile::new),
             topic: match (&spec.registry.topic, &spec.source) {
                 (Some(topic), SourceSpec::Kafka(k)) => Some(crate::source::registry::RegistryTopic::new(k, topic)?),
@@ -304,7 +304,8 @@ fn run_worker(
             let closed = ProbeHandle::new();
             let windows = windows.probe_with(&closed);
             let updates = registry_updates(scope, registry_inputs, closed);
-            items = items.concat(operators::groups::fleet_metrics(windows, updates, config));
+            let closed_by_data = metrics.data_watermark();
+            items = items.concat(operators::groups::fleet_metrics(windows, updates, config, closed_by_data));
         }
         lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);
     });

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -81,6 +81,8 @@ pub struct JobMetrics {
     pub files: AtomicU64,
     pub replayed: AtomicU64,
     watermarks: Vec<AtomicI64>,
+    /// Each worker's watermark as its data moved it (not raised when the input ends).
+    data_watermarks: Arc<Vec<AtomicI64>>,
     series: Vec<AtomicU64>,
     last_window_end: AtomicI64,
     pub last_error: Mutex<Option<String>>,
@@ -106,6 +108,7 @@ impl JobMetrics {
             files: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             watermarks: (0..workers).map(|_| AtomicI64::new(i64::MIN)).collect(),
+            data_watermarks: Arc::new((0..workers).map(|_| AtomicI64::new(i64::MIN)).collect()),
             series: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             last_window_end: AtomicI64::new(i64::MIN),
             last_error: Mutex::new(None),
@@ -199,6 +202,27 @@ impl JobMetrics {
         if let Some(w) = self.watermarks.get(worker) {
             w.store(wm, Ordering::Relaxed);
         }
+    }
+
+    /// Records the watermark a worker's data has reached (the end of the input does not raise it).
+    pub fn set_data_watermark(&self, worker: usize, wm: i64) {
+        if let Some(w) = self.data_watermarks.get(worker) {
+            w.store(wm, Ordering::Relaxed);
+        }
+    }
+
+    /// A worker's input ended: a worker that saw no data holds nothing back.
+    pub fn data_finished(&self, worker: usize) {
+        if let Some(w) = self.data_watermarks.get(worker) {
+            let _ = w.compare_exchange(i64::MIN, i64::MAX, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// The watermark the data has reached: the minimum over this process's workers. Windows that
+    /// end after it were closed only by the end of the input.
+    pub fn data_watermark(&self) -> Arc<dyn Fn() -> i64 + Send + Sync> {
+        let wms = self.data_watermarks.clone();
+        Arc::new(move || wms.iter().map(|w| w.load(Ordering::Relaxed)).min().unwrap_or(i64::MIN))
     }
 
     /// The job's watermark: the minimum over workers (`None` before any).

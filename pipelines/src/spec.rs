@@ -705,7 +705,6 @@ impl JobSpec {
         if g.k == 0 {
             return Err(SpecError::new("groups.k", "must be at least 1"));
         }
-        let counters = self.counters();
         for (i, m) in g.metrics.iter().enumerate() {
             let at = |field: &str| format!("groups.metric[{i}].{field}");
             if m.name.trim().is_empty() {
@@ -725,15 +724,6 @@ impl JobSpec {
             }
             if m.field.is_empty() {
                 return Err(SpecError::new(at("field"), "expected a field of the measurement"));
-            }
-            if m.aggregate == PerVm::Rate && !counters.is_counter(&m.measurement, &m.field) {
-                return Err(SpecError::new(
-                    at("aggregate"),
-                    format!(
-                        "\"rate\" needs a counter: add \"{0}\" or \"{0}.{1}\" to counters.fields",
-                        m.measurement, m.field
-                    ),
-                ));
             }
         }
         Ok(())
@@ -780,8 +770,12 @@ impl JobSpec {
     }
 
     /// The cumulative counters of `[counters]`.
+    /// The counters: `[counters] fields`, and every field a `[[groups.metric]]` takes the rate of.
     pub fn counters(&self) -> Counters {
-        Counters::new(&self.counters.fields)
+        let rated = self.groups.metrics.iter().filter(|m| m.aggregate == PerVm::Rate);
+        Counters::new(
+            self.counters.fields.iter().cloned().chain(rated.map(|m| format!("{}.{}", m.measurement, m.field))),
+        )
     }
 
     /// What the fleet-metrics stage needs; `None` when `groups.enabled = false`.
@@ -1131,7 +1125,6 @@ fields = ["diskio", "net", "nginx.requests"]
                 "groups.metric[0].unit",
                 "unknown field",
             ),
-            (full.replace(r#""nginx.requests""#, r#""nginx.other""#), "groups.metric[0].aggregate", "needs a counter"),
             (full.replace(r#"name = "tps""#, r#"name = "cpu_util_mean""#), "groups.metric[0].name", "built-in"),
             (
                 full.replace(r#"name = "conns""#, r#"name = "tps""#),

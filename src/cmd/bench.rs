@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// with no churn unless `--churn` is given).
     #[arg(long, value_name = "M", conflicts_with = "file")]
     pub minutes: Option<u64>,
+    /// Run without the fleet metrics (groups, rankings, registry, health), to measure their cost.
+    #[arg(long)]
+    pub without_groups: bool,
 }
 
 /// Event time of the first generated tick (the loadgen default for files), ns.
@@ -73,7 +76,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for run in 0..args.runs.max(1) {
         let lake = dir.path().join(format!("lake-{run}"));
-        let spec = JobSpec::parse(&spec_text(&input, args.format, &lake, None)?)?;
+        let mut spec = JobSpec::parse(&spec_text(&input, args.format, &lake, None)?)?;
+        spec.groups.enabled = !args.without_groups;
         let metrics = Arc::new(JobMetrics::new(args.workers));
         let options = RunOptions { workers: args.workers, ..Default::default() };
         let report = run_job(&spec, &options, Arc::new(JobControl::new()), metrics)?;
@@ -209,7 +213,8 @@ fn churn_report(args: &BenchArgs) -> anyhow::Result<()> {
     // One replacement round per minute mark after the first tick (by construction of the fleet).
     let agents_ever = args.agents + (churn * args.agents as f64).round() as usize * (minutes as usize - 1);
 
-    let spec = JobSpec::parse(&spec_text(&input, args.format, &dir.path().join("lake"), Some(SERIES_TTL))?)?;
+    let mut spec = JobSpec::parse(&spec_text(&input, args.format, &dir.path().join("lake"), Some(SERIES_TTL))?)?;
+    spec.groups.enabled = !args.without_groups;
     let metrics = Arc::new(JobMetrics::new(args.workers));
     let options = RunOptions { workers: args.workers, ..Default::default() };
     let stop = Arc::new(AtomicBool::new(false));

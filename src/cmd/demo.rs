@@ -154,12 +154,21 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             ),
         ),
         (
-            "Average memory utilisation per CSP (this run)",
+            "Per CSP, from the group metrics (this run, mean over windows)",
             format!(
-                "SELECT csp_type, round(avg(mean), 2) AS mem_used_pct, count(DISTINCT vm_id) AS vms \
-                 FROM aggregates WHERE measurement = 'mem' AND field = 'used_percent' AND window_start >= {since} \
-                 GROUP BY csp_type ORDER BY mem_used_pct DESC"
+                "SELECT group_id AS csp, max(vm_count) AS vms, \
+                 round(avg(CASE WHEN metric = 'cpu_util_mean' THEN value END), 2) AS cpu_util_pct, \
+                 round(avg(CASE WHEN metric = 'mem_util_mean' THEN value END), 2) AS mem_util_pct, \
+                 round(avg(CASE WHEN metric = 'net_bytes_in_per_s' THEN value END) / 1e6, 2) AS net_in_mb_s \
+                 FROM groups WHERE level = 'csp' AND window_start >= {since} GROUP BY group_id ORDER BY cpu_util_pct DESC"
             ),
+        ),
+        (
+            "Busiest MCIS by CPU in the last window (rankings)",
+            "SELECT window_start, rank, group_id AS mcis, round(value, 2) AS cpu_util_pct FROM rankings \
+             WHERE level = 'mcis' AND metric = 'cpu_util_mean' AND \"order\" = 'top' \
+             AND window_start = (SELECT max(window_start) FROM rankings) ORDER BY rank LIMIT 3"
+                .to_string(),
         ),
         (
             "Windows written (this run)",

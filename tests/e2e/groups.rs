@@ -495,19 +495,22 @@ fn random_fleet(seed: u64) -> Fixture {
         let tags = agent_tags(&ns, &mcis, &format!("vm-{i:02}"), rng.pick(&csps), rng.pick(&oses));
         // Silences start by 178 s, so their timers (U ≤ 210 s) come more than a minute before the
         // last data (298 s). Agent 0 is silent for exactly `UNHEALTHY_AFTER` windows, agent 5
-        // (disabled) for long.
+        // (disabled) for long. Agent 4 reports throughout and is removed at 120.7 s; agent 6
+        // stops at 140 s and is removed at 150.3 s, before its timer (170 s): it raises nothing.
         let mut plan = Plan { until: i64::MAX, gaps: Vec::new() };
         let roll = rng.unit();
-        if i == 0 {
-            plan.gaps.push((110, 140));
-        } else if i == 5 {
-            plan.gaps.push((60, 140));
-        } else if roll < 0.25 {
-            let from = 2 * (10 + rng.below(80) as i64);
-            let len = 2 * (2 + rng.below(39) as i64);
-            plan.gaps.push((from, from + len));
-        } else if roll < 0.35 {
-            plan.until = 2 * (20 + rng.below(70) as i64);
+        match i {
+            0 => plan.gaps.push((110, 140)),
+            4 => {}
+            5 => plan.gaps.push((60, 140)),
+            6 => plan.until = 140,
+            _ if roll < 0.25 => {
+                let from = 2 * (10 + rng.below(80) as i64);
+                let len = 2 * (2 + rng.below(39) as i64);
+                plan.gaps.push((from, from + len));
+            }
+            _ if roll < 0.35 => plan.until = 2 * (20 + rng.below(70) as i64),
+            _ => {}
         }
         agents.push(Agent {
             tags,
@@ -585,6 +588,7 @@ fn random_fleet(seed: u64) -> Fixture {
         }
     }
     // Removed: counted from its tags afterwards (no vcpu, no public IP).
+    fx.registry.push(update(&agents[4].tags.key(), (T0 + 120) * S + 700_000_000, None));
     fx.registry.push(update(&agents[6].tags.key(), (T0 + 150) * S + 300_000_000, None));
     // No record at first (7 % 8 == 7), one from the middle on.
     let late = &agents[7];
@@ -654,6 +658,7 @@ fn groups_rankings_and_health_match_the_reference() {
     assert!(reasons("no data for 3 windows") >= 3, "{:#?}", want.health);
     assert!(reasons("data again") >= 2, "{:#?}", want.health);
     assert!(want.health.iter().all(|r| r.vm_id != "vm-05"), "the disabled agent raises nothing");
+    assert!(want.health.iter().all(|r| r.vm_id != "vm-06" || r.to != "unhealthy"), "removed while silent");
     let last_u = want.health.iter().filter(|r| r.to == "unhealthy").map(|r| r.time).max().unwrap();
     assert!(last_u <= closed_until);
     assert_eq!(want.rankings.iter().map(|r| r.rank).max(), Some(3));

@@ -11,4 +11,5 @@ mod demo;
 mod file_job;
 mod groups;
 mod kafka_mock;
+mod registry_topic;
 mod services;

@@ -171,20 +171,21 @@ impl Agents {
         self.sightings.entry(t).or_default().push((key, tags, window_start));
     }
 
-    /// Processes sightings and timers the frontier has passed; `frontier` empty means the input
-    /// ended (nothing fires).
-    pub fn advance(&mut self, frontier: &MutableAntichain<Time>, out: &mut Vec<AgentsOut>) {
+    /// Processes sightings and timers the frontier has passed. An empty `frontier` means the
+    /// input ended: every sighting is processed, and only timers of windows the data's watermark
+    /// closed (`closed_by_data`, ns) fire — the windows the end of the input closed are not silence.
+    pub fn advance(&mut self, frontier: &MutableAntichain<Time>, closed_by_data: i64, out: &mut Vec<AgentsOut>) {
         let ended = frontier.is_empty();
         loop {
             let next_sighting = self.sightings.first_key_value().map(|(t, _)| *t);
-            let next_timer = if ended { None } else { self.timers.first_key_value().map(|(t, _)| *t) };
+            let next_timer = self.timers.first_key_value().map(|(t, _)| *t);
             let t = match (next_sighting, next_timer) {
                 (Some(a), Some(b)) => a.min(b),
                 (Some(a), None) => a,
                 (None, Some(b)) => b,
                 (None, None) => break,
             };
-            if frontier.less_equal(&t) {
+            if !ended && frontier.less_equal(&t) {
                 break;
             }
             if next_sighting == Some(t) {
@@ -194,14 +195,12 @@ impl Agents {
                 }
             } else {
                 let keys = self.timers.remove(&t).unwrap_or_default();
-                for key in keys {
-                    self.silent(&key, t, out);
+                if !ended || t as i64 <= closed_by_data {
+                    for key in keys {
+                        self.silent(&key, t, out);
+                    }
                 }
             }
-        }
-        if ended {
-            self.timers.clear();
-            return;
         }
         let Some(low) = frontier.frontier().iter().min().copied() else { return };
         self.snapshot(low, out);

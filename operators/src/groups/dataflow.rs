@@ -17,14 +17,18 @@
 //! to windows seen.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use differential_dataflow::{AsCollection, VecCollection};
 use rustc_hash::FxHashMap;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Capability, Concat, Operator};
 use timely::dataflow::Stream;
+use timely::progress::Antichain;
 
 use super::agents::{Agents, AgentsOut};
 use super::vm::{group_metrics, rank, Member, VmPartial, F64, RANKED_METRICS};
@@ -39,59 +43,67 @@ type Part = (String, AgentTags, i64, VmPartial);
 /// Group key: `(level, group_id, window_start)`.
 type GroupKey = (Level, String, i64);
 
-/// Builds the fleet metrics of window aggregates and registry updates.
+/// Builds the fleet metrics of window aggregates and registry updates. `closed_by_data` tells
+/// the watermark the data has reached (ns): when the input ends, windows after it were closed by
+/// the end, not by the watermark, and their silence makes no agent unhealthy.
 pub fn fleet_metrics<'scope>(
     windows: Stream<'scope, Time, Vec<WindowBatch>>,
     updates: Stream<'scope, Time, Vec<RegistryUpdate>>,
     config: GroupsConfig,
+    closed_by_data: Arc<dyn Fn() -> i64 + Send + Sync>,
 ) -> Stream<'scope, Time, Vec<SinkItem>> {
     let size = config.window;
     let part_config = config.clone();
     let parts: Stream<'scope, Time, Vec<Part>> = windows.flat_map(move |batch| vm_partials(&batch, &part_config));
 
-    // Registry and health, each agent on the worker its key hashes to.
+    // Registry and health, each agent on the worker its key hashes to. Only the parts drive the
+    // operator's progress: registry updates apply from the first window it has not yet closed,
+    // and their source never holds windows back.
     let agents_config = config.clone();
-    let agents_out = parts.clone().binary_frontier::<_, CapacityContainerBuilder<Vec<AgentsOut>>, _, _, _, _>(
-        updates,
-        Exchange::new(|p: &Part| stable_hash(&[&p.0])),
-        Exchange::new(|u: &RegistryUpdate| stable_hash(&[&u.key])),
-        "Agents",
-        move |cap, _info| {
-            let mut agents = Agents::new(agents_config);
-            let mut held: Option<Capability<Time>> = Some(cap);
-            let mut out = Vec::new();
-            move |(parts_in, parts_frontier), (updates_in, updates_frontier), output| {
-                parts_in.for_each(|_cap, data| {
-                    for (key, tags, start, _) in data.drain(..) {
-                        agents.sighting(key, tags, start);
-                    }
-                });
-                updates_in.for_each(|cap, data| {
-                    for u in data.drain(..) {
-                        agents.update(u, cap.least().copied().unwrap_or_default(), &mut out);
-                    }
-                });
-                let mut frontier = parts_frontier.clone();
-                frontier.update_iter(updates_frontier.frontier().iter().map(|t| (*t, 1)));
-                agents.advance(&frontier, &mut out);
-                if let Some(cap) = &held {
-                    if !out.is_empty() {
-                        output.session(cap).give_iterator(out.drain(..));
+    let mut builder = OperatorBuilder::new("Agents".to_owned(), parts.scope());
+    let mut parts_in = builder.new_input(parts.clone(), Exchange::new(|p: &Part| stable_hash(&[&p.0])));
+    let mut updates_in = builder.new_input(updates, Exchange::new(|u: &RegistryUpdate| stable_hash(&[&u.key])));
+    let (agents_output, agents_out) =
+        builder.new_output_connection::<Vec<AgentsOut>, _>([(0, Antichain::from_elem(Default::default()))]);
+    let mut agents_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<AgentsOut>>>::from(agents_output);
+    builder.build(move |mut caps| {
+        let mut agents = Agents::new(agents_config);
+        let mut held: Option<Capability<Time>> = caps.pop();
+        let mut out = Vec::new();
+        move |frontiers| {
+            parts_in.for_each(|_cap, data| {
+                for (key, tags, start, _) in data.drain(..) {
+                    agents.sighting(key, tags, start);
+                }
+            });
+            let now = held.as_ref().map(|c| *c.time());
+            updates_in.for_each(|_cap, data| {
+                for u in data.drain(..) {
+                    // After the windows are all closed, registry updates have nothing to change.
+                    if let Some(now) = now {
+                        agents.update(u, now, &mut out);
                     }
                 }
-                match frontier.frontier().iter().min() {
-                    Some(low) => {
-                        if let Some(cap) = held.as_mut() {
-                            if cap.time() < low {
-                                cap.downgrade(low);
-                            }
-                        }
-                    }
-                    None => held = None,
+            });
+            let frontier = &frontiers[0];
+            agents.advance(frontier, closed_by_data(), &mut out);
+            if let Some(cap) = &held {
+                if !out.is_empty() {
+                    agents_output.activate().session(cap).give_iterator(out.drain(..));
                 }
             }
-        },
-    );
+            match frontier.frontier().iter().min() {
+                Some(low) => {
+                    if let Some(cap) = held.as_mut() {
+                        if cap.time() < low {
+                            cap.downgrade(low);
+                        }
+                    }
+                }
+                None => held = None,
+            }
+        }
+    });
     let members: VecCollection<'scope, Time, (String, Member)> = agents_out
         .clone()
         .flat_map(|o| match o {

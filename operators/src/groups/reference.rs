@@ -30,14 +30,19 @@
 //!   last values (whether or not the field is listed in `[counters]`), summed over the instances
 //!   that have one. `count`, `sum` and `last` are summed over instances, `min`/`max` the least and
 //!   greatest, `mean` pooled.
+//! - Rankings order, per window and level, the groups with a row of the metric (`f64::total_cmp`,
+//!   ties by group id).
 //! - Health is judged per agent key. An agent turns healthy with a window that has its data when
 //!   its record as of that window's start is enabled: `unknown → healthy` ("first data") or
 //!   `unhealthy → healthy` ("data again"), at the window's start. Only a healthy agent turns
 //!   unhealthy: with last data in the window starting at `s` and no data in the windows before
 //!   `U = s + (n+1)·size`, at `U`, when `U ≤ closed_until` and its record as of `U` is enabled,
 //!   reason `no data for {n} windows`. A disabled agent's data still moves `s`. An agent silent
-//!   at `U` while disabled is not judged again until its next data. The row names the agent by
-//!   its key's parts (`nsId, mcisId, vmId, cspType` of its tags), not by its record.
+//!   at `U` while disabled is not judged again until its next data. An agent is not watched at
+//!   `U` when the latest update of its key with time ≤ `U` is a removal with time > `s` (removed
+//!   after its last data, not registered again); data after a removal registers it again, and a
+//!   removal leaves its health state as it was. The row names the agent by its key's parts
+//!   (`nsId, mcisId, vmId, cspType` of its tags), not by its record.
 //! - Groups, rankings and "data" health changes are computed for every window with data (the end
 //!   of a finite input closes all of them); `closed_until` limits only the silence timers.
 
@@ -109,9 +114,8 @@ fn window_start(ts: i64, size: i64) -> i64 {
     ts.div_euclid(size) * size
 }
 
-/// The registry's own record of `key` as of event time `t`: `None` when the key has no update
-/// with `time ≤ t` or the latest such update removes it.
-fn registry_record<'a>(registry: &'a [RegistryUpdate], key: &str, t: i64) -> Option<&'a AgentRecord> {
+/// The latest update of `key` with `time ≤ t`, if any.
+fn latest_update<'a>(registry: &'a [RegistryUpdate], key: &str, t: i64) -> Option<&'a RegistryUpdate> {
     let mut latest: Option<(i64, &RegistryUpdate)> = None;
     for update in registry {
         if update.key != key {
@@ -129,7 +133,13 @@ fn registry_record<'a>(registry: &'a [RegistryUpdate], key: &str, t: i64) -> Opt
             latest = Some((from, update));
         }
     }
-    latest.and_then(|(_, update)| update.record.as_ref())
+    latest.map(|(_, update)| update)
+}
+
+/// The registry's own record of `key` as of event time `t`: `None` when the key has no update
+/// with `time ≤ t` or the latest such update removes it.
+fn registry_record<'a>(registry: &'a [RegistryUpdate], key: &str, t: i64) -> Option<&'a AgentRecord> {
+    latest_update(registry, key, t).and_then(|update| update.record.as_ref())
 }
 
 /// The record an agent counts with as of event time `t`: the registry's, else one built from
@@ -508,6 +518,12 @@ fn health_rows(
     let mut rows = Vec::new();
     for (tags, starts) in agents.values() {
         let enabled = |t: i64| record_as_of(registry, tags, t).state == AgentState::Enable;
+        // Removed after the start of its last window with data `s` and not registered again by
+        // an update by `u`: not watched.
+        let watched = |s: i64, u: i64| match latest_update(registry, &tags.key(), u) {
+            Some(update) => update.record.is_some() || update.time.unwrap_or(i64::MIN) <= s,
+            None => true,
+        };
         let row = |time: i64, from: &str, to: &str, reason: &str| HealthRow {
             time,
             ns_id: tags.ns_id.to_string(),
@@ -530,7 +546,7 @@ fn health_rows(
                     Some(w) => w >= u,
                     None => true,
                 };
-                if silent_until_u && u <= closed_until && health == "healthy" && enabled(u) {
+                if silent_until_u && u <= closed_until && health == "healthy" && enabled(u) && watched(s, u) {
                     rows.push(row(u, "healthy", "unhealthy", &reason));
                     health = "unhealthy";
                 }
@@ -740,6 +756,39 @@ mod tests {
         let registry = vec![update(&a, Some(20 * S), |r| r.state = AgentState::Disable)];
         let e = expected(&points, &registry, &config(), i64::MAX);
         assert_eq!(health(&e, "a"), vec![h(0, "unknown", "healthy", "first data")]);
+    }
+
+    #[test]
+    fn removed_agent_is_not_watched_until_registered_again() {
+        let gone = tags("ns", "m", "gone");
+        let mid_window = tags("ns", "m", "mid-window");
+        let before_data = tags("ns", "m", "before-data");
+        let again = tags("ns", "m", "again");
+        let removal = |t: &AgentTags, secs: i64| RegistryUpdate { key: t.key(), time: Some(secs * S), record: None };
+        let registry = vec![
+            // After the last window with data (20): not watched at U = 60.
+            removal(&gone, 35),
+            // Inside the last window, after its start: applies from the window at 30, not watched.
+            removal(&mid_window, 25),
+            // Before the last window's data: the data registers it again, watched.
+            removal(&before_data, 15),
+            // Registered again by an update before U: watched.
+            removal(&again, 35),
+            update(&again, Some(50 * S), |_| {}),
+        ];
+        let mut points = Vec::new();
+        for secs in (0..30).step_by(5) {
+            for t in [&gone, &mid_window, &before_data, &again] {
+                points.push(idle(t, secs, 1.0));
+            }
+        }
+        let e = expected(&points, &registry, &config(), i64::MAX);
+        let first = h(0, "unknown", "healthy", "first data");
+        let unhealthy = h(60, "healthy", "unhealthy", "no data for 3 windows");
+        assert_eq!(health(&e, "gone"), vec![first.clone()]);
+        assert_eq!(health(&e, "mid-window"), vec![first.clone()]);
+        assert_eq!(health(&e, "before-data"), vec![first.clone(), unhealthy.clone()]);
+        assert_eq!(health(&e, "again"), vec![first.clone(), unhealthy.clone()]);
     }
 
     #[test]

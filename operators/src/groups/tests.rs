@@ -71,7 +71,7 @@ fn run(points: Vec<RawPoint>, registry: Vec<RegistryUpdate>, closed_until: i64) 
         let (mut windows, mut updates) = worker.dataflow::<u64, _, _>(|scope| {
             let (windows, w) = scope.new_input::<Vec<WindowBatch>>();
             let (updates, u) = scope.new_input::<Vec<RegistryUpdate>>();
-            fleet_metrics(w, u, config())
+            fleet_metrics(w, u, config(), Arc::new(move || closed_until))
                 .inspect(move |item| out.lock().unwrap().push(item.clone()))
                 .probe_with(&probe);
             (windows, updates)

@@ -233,6 +233,7 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
             }
             let wm = watermarks.advance(now);
             metrics.set_watermark(worker, wm);
+            metrics.set_data_watermark(worker, wm);
             let next = (wm.saturating_add(1)).max(0) as Time;
             if next > *obs_cap.time() {
                 obs_cap.downgrade(&next);
@@ -263,6 +264,7 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
             }
             match status {
                 ReadStatus::Done => {
+                    metrics.data_finished(worker);
                     metrics.set_watermark(worker, i64::MAX);
                     caps = None;
                 }
