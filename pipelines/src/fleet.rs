@@ -24,6 +24,8 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Where registry updates come from.
 pub struct RegistryInputs {
+    /// Updates read before the job started (the registry topic up to its end).
+    pub initial: Vec<RegistryUpdate>,
     pub file: Option<RegistryFile>,
     pub topic: Option<RegistryTopic>,
     pub reload_interval: Duration,
@@ -50,7 +52,7 @@ pub fn registry_updates<'scope>(
         activator.activate();
         move |_frontiers| {
             let (Some(c), Some(inputs)) = (cap.as_mut(), inputs.as_mut()) else { return };
-            let mut updates = Vec::new();
+            let mut updates = std::mem::take(&mut inputs.initial);
             if let Some(file) = inputs.file.as_mut() {
                 if last_reload.is_none_or(|t| t.elapsed() >= inputs.reload_interval) {
                     last_reload = Some(Instant::now());

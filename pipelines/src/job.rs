@@ -142,13 +142,34 @@ pub fn run_job(
         }
         _ => None,
     };
+    // A job resuming from a checkpoint carries on its agents' registry and health from the lake.
+    let restored_agents = match (coordinator.as_ref().and_then(|c| c.restored()), spec.groups_config()) {
+        (Some(r), Some(g)) => match spec.sinks.iter().find_map(|s| match s {
+            SinkSpec::Parquet(p) => Some(p.path.clone()),
+            _ => None,
+        }) {
+            Some(lake) => sinks::sql::agents_before(&lake, r.frontier.saturating_sub(g.window))
+                .map_err(|e| JobError::Source(format!("cannot read the agents of the last run: {e}")))?,
+            None => Vec::new(),
+        },
+        _ => Vec::new(),
+    };
+    let restored_agents = Arc::new(restored_agents);
     let spec = Arc::new(spec.clone());
     let started = std::time::Instant::now();
     let worker_metrics = metrics.clone();
     let worker_coordinator = coordinator.clone();
     let local_workers = options.workers.max(1);
     let guards = timely::execute(config, move |worker| -> Result<(), String> {
-        run_worker(worker, &spec, control.clone(), worker_metrics.clone(), worker_coordinator.clone(), local_workers)
+        run_worker(
+            worker,
+            &spec,
+            control.clone(),
+            worker_metrics.clone(),
+            worker_coordinator.clone(),
+            local_workers,
+            restored_agents.clone(),
+        )
     })
     .map_err(JobError::Worker)?;
     let mut report = JobReport::default();
@@ -193,6 +214,7 @@ fn run_worker(
     metrics: Arc<JobMetrics>,
     coordinator: Option<Arc<Coordinator>>,
     local_workers: usize,
+    restored_agents: Arc<Vec<operators::model::AgentRow>>,
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -268,14 +290,28 @@ fn run_worker(
 
     let groups = spec.groups_config();
     let registry_inputs = match (&groups, index) {
-        (Some(_), 0) if spec.registry.file.is_some() || spec.registry.topic.is_some() => Some(RegistryInputs {
-            file: spec.registry.file.as_ref().map(operators::registry::RegistryFile::new),
-            topic: match (&spec.registry.topic, &spec.source) {
-                (Some(topic), SourceSpec::Kafka(k)) => Some(crate::source::registry::RegistryTopic::new(k, topic)?),
+        (Some(_), 0) if spec.registry.file.is_some() || spec.registry.topic.is_some() => {
+            let mut initial = Vec::new();
+            let topic = match (&spec.registry.topic, &spec.source) {
+                (Some(topic), SourceSpec::Kafka(k)) => {
+                    let mut reader = crate::source::registry::RegistryTopic::new(k, topic)?;
+                    for u in reader.catch_up(Duration::from_secs(10)) {
+                        match u {
+                            Ok(u) => initial.push(u),
+                            Err(e) => eprintln!("dragonflow: {e}"),
+                        }
+                    }
+                    Some(reader)
+                }
                 _ => None,
-            },
-            reload_interval: spec.registry.reload_interval,
-        }),
+            };
+            Some(RegistryInputs {
+                initial,
+                file: spec.registry.file.as_ref().map(operators::registry::RegistryFile::new),
+                topic,
+                reload_interval: spec.registry.reload_interval,
+            })
+        }
         _ => None,
     };
 
@@ -305,7 +341,13 @@ fn run_worker(
             let windows = windows.probe_with(&closed);
             let updates = registry_updates(scope, registry_inputs, closed);
             let closed_by_data = metrics.data_watermark();
-            items = items.concat(operators::groups::fleet_metrics(windows, updates, config, closed_by_data));
+            items = items.concat(operators::groups::fleet_metrics(
+                windows,
+                updates,
+                config,
+                closed_by_data,
+                restored_agents,
+            ));
         }
         lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);
     });

@@ -166,6 +166,80 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, 
     frame.collect().await.map_err(SinkError::query)
 }
 
+/// The last recorded state of every agent before event time `before` (ns): for each key, its
+/// latest row of `agents_history` (a removal included, as `deleted`). A job resuming from a
+/// checkpoint starts its registry and agent health from these.
+pub fn agents_before(lake: &Path, before: i64) -> Result<Vec<operators::model::AgentRow>, SinkError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Float64Type, Int64Type};
+    use operators::registry::{AgentRecord, AgentState, Mechanism};
+
+    let sql = format!(
+        "SELECT DISTINCT ON (key) arrow_cast(time, 'Int64') AS time, key, ns_id, mcis_id, vm_id, csp_type, \
+         os_type, mechanism, public_ip, state, vcpu, memory_gib, cost_per_hour, pull_url, \
+         arrow_cast(first_seen, 'Int64') AS first_seen, arrow_cast(last_seen, 'Int64') AS last_seen, health, deleted \
+         FROM agents_history WHERE time < to_timestamp_nanos({before}) ORDER BY key, time DESC, deleted DESC"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SinkError::io("start a runtime for", lake, e))?;
+    let batches = runtime.block_on(async {
+        let ctx = lake_context(lake).await?;
+        query(&ctx, &sql).await
+    })?;
+    let mut rows = Vec::new();
+    for b in &batches {
+        let col = |name: &str| b.column_by_name(name).expect("selected column");
+        let string = |name: &str, r: usize| -> String {
+            let c = col(name);
+            let c = arrow::compute::cast(c, &DataType::Utf8).expect("strings cast to Utf8");
+            let c = c.as_string::<i32>();
+            if c.is_null(r) {
+                String::new()
+            } else {
+                c.value(r).to_string()
+            }
+        };
+        let int = |name: &str, r: usize| -> Option<i64> {
+            let c = col(name).as_primitive::<Int64Type>();
+            (!c.is_null(r)).then(|| c.value(r))
+        };
+        let float = |name: &str, r: usize| -> Option<f64> {
+            let c = col(name).as_primitive::<Float64Type>();
+            (!c.is_null(r)).then(|| c.value(r))
+        };
+        let deleted = col("deleted").as_boolean();
+        for r in 0..b.num_rows() {
+            let pull_url = string("pull_url", r);
+            let record = AgentRecord {
+                key: string("key", r),
+                ns_id: string("ns_id", r),
+                mcis_id: string("mcis_id", r),
+                vm_id: string("vm_id", r),
+                csp_type: string("csp_type", r),
+                os_type: string("os_type", r),
+                mechanism: if string("mechanism", r) == "pull" { Mechanism::Pull } else { Mechanism::Push },
+                public_ip: string("public_ip", r),
+                state: if string("state", r) == "disable" { AgentState::Disable } else { AgentState::Enable },
+                vcpu: float("vcpu", r),
+                memory_gib: float("memory_gib", r),
+                cost_per_hour: float("cost_per_hour", r),
+                pull_url: (!pull_url.is_empty()).then_some(pull_url),
+            };
+            rows.push(operators::model::AgentRow {
+                time: int("time", r).unwrap_or_default(),
+                record,
+                first_seen: int("first_seen", r),
+                last_seen: int("last_seen", r),
+                health: string("health", r),
+                deleted: !deleted.is_null(r) && deleted.value(r),
+            });
+        }
+    }
+    Ok(rows)
+}
+
 fn read_only_options() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
 }

@@ -418,6 +418,35 @@ fn assert_no_differences(what: &str, [only_a, only_b, differing]: [Vec<String>; 
 }
 
 /// Asserts that run A's lake and InfluxDB points equal run B's; `messages` is what was published.
+/// The `groups` rows by `window | level | group | metric` (value, vm_count), and every
+/// `agent_health` row as text; a key written twice fails.
+fn fleet_rows(lake: &Path) -> (BTreeMap<String, (f64, u64)>, Vec<String>) {
+    let mut groups = BTreeMap::new();
+    let q = "SELECT CAST(window_start AS VARCHAR) AS ws, level, group_id, metric, value, vm_count FROM groups";
+    for r in crate::common::sql_rows(lake, q) {
+        let key = format!("{} | {} | {} | {}", r["ws"], r["level"], r["group_id"], r["metric"]);
+        let value = (r["value"].parse().unwrap(), r["vm_count"].parse().unwrap());
+        assert!(groups.insert(key.clone(), value).is_none(), "groups row written twice: {key}");
+    }
+    let q = "SELECT CAST(time AS VARCHAR) AS t, ns_id, mcis_id, vm_id, csp_type, \"from\" AS f, \"to\" AS t2 \
+             FROM agent_health ORDER BY t, ns_id, mcis_id, vm_id, csp_type, f";
+    let health = crate::common::sql_rows(lake, q)
+        .into_iter()
+        .map(|r| {
+            format!(
+                "{} {}/{}/{}/{} {}->{}",
+                r["t"], r["ns_id"], r["mcis_id"], r["vm_id"], r["csp_type"], r["f"], r["t2"]
+            )
+        })
+        .collect();
+    (groups, health)
+}
+
+fn group_difference(a: &(f64, u64), b: &(f64, u64)) -> Option<String> {
+    let same = a.1 == b.1 && crate::common::rel(a.0, b.0) <= 1e-9;
+    (!same).then(|| format!("{a:?} vs {b:?}"))
+}
+
 fn assert_same_results(a: &Job, b: &Job, messages: u64) {
     let started = Instant::now();
     let (wa, wb) = std::thread::scope(|s| {
@@ -444,6 +473,13 @@ fn assert_same_results(a: &Job, b: &Job, messages: u64) {
     assert_eq!((wa.late, wa.rejects), (wb.late, wb.rejects), "late and rejects rows");
     assert_eq!(wa.points.len() as u64, wa.series_windows, "one InfluxDB point per window, agent and instance");
     assert_no_differences("InfluxDB points", differences(&wa.points, &wb.points, point_difference));
+    let (ga, ha) = fleet_rows(&a.lake);
+    let (gb, hb) = fleet_rows(&b.lake);
+    assert!(!ga.is_empty(), "the uninterrupted run wrote group metrics");
+    assert_no_differences("groups rows", differences(&ga, &gb, group_difference));
+    // Agent health carries over restarts: no agent is seen for the "first" time twice.
+    assert_eq!(ha, hb, "agent_health rows");
+    eprintln!("equal: {} groups rows and {} agent_health rows", ga.len(), ha.len());
     eprintln!(
         "equal: {} aggregates rows and {} InfluxDB points (compared in {:?})",
         wa.rows.len(),

@@ -52,6 +52,9 @@ impl Health {
 #[derive(Clone, Debug)]
 struct Entry {
     record: Option<AgentRecord>,
+    /// The event time the change holds from (an untimed one: the start of its first window).
+    /// Two changes in one window: the later `since` wins, then the later arrival.
+    since: i64,
 }
 
 #[derive(Debug)]
@@ -62,11 +65,20 @@ struct Agent {
     health: Health,
     /// The pending silence timer (timely time of the window whose close makes it fire).
     timer: Option<Time>,
+    /// The last record the agent had, for the row of its removal.
+    last_known: Option<AgentRecord>,
 }
 
 impl Agent {
     fn new() -> Self {
-        Agent { timeline: BTreeMap::new(), first_seen: None, last_seen: None, health: Health::Unknown, timer: None }
+        Agent {
+            timeline: BTreeMap::new(),
+            first_seen: None,
+            last_seen: None,
+            health: Health::Unknown,
+            timer: None,
+            last_known: None,
+        }
     }
 
     fn record_at(&self, t: Time) -> Option<&AgentRecord> {
@@ -89,6 +101,9 @@ pub struct Agents {
     timers: BTreeMap<Time, Vec<String>>,
     /// Sightings waiting for their window's time to pass: `(key, tags, window_start)`.
     sightings: BTreeMap<Time, Vec<(String, AgentTags, i64)>>,
+    /// Agents whose row in `agents` is due at a time (a change of record or health), written
+    /// once that time has passed, with the agent's state then.
+    rows: BTreeMap<Time, Vec<String>>,
     next_snapshot: Option<i64>,
 }
 
@@ -99,7 +114,39 @@ impl Agents {
             agents: FxHashMap::default(),
             timers: BTreeMap::new(),
             sightings: BTreeMap::new(),
+            rows: BTreeMap::new(),
             next_snapshot: None,
+        }
+    }
+
+    /// Starts from what a previous run recorded (a job resuming from a checkpoint): each agent's
+    /// last row before the checkpoint. Its record holds from the beginning; its first and last
+    /// sighting and its health carry on, and a healthy agent's silence timer runs from its last
+    /// sighting, so a restart neither repeats `first data` nor forgets an agent that fell silent.
+    pub fn restore(&mut self, rows: Vec<AgentRow>, out: &mut Vec<AgentsOut>) {
+        let n = self.config.unhealthy_after as i64;
+        let size = self.size();
+        for row in rows {
+            let key = row.record.key.clone();
+            let mut agent = Agent::new();
+            agent.first_seen = row.first_seen;
+            agent.last_seen = row.last_seen;
+            agent.health = match row.health.as_str() {
+                "healthy" => Health::Healthy,
+                "unhealthy" => Health::Unhealthy,
+                _ => Health::Unknown,
+            };
+            if !row.deleted {
+                out.push(AgentsOut::Member(((key.clone(), Member::of(&row.record)), 0, 1)));
+                agent.timeline.insert(0, Entry { record: Some(row.record.clone()), since: i64::MIN });
+            }
+            agent.last_known = Some(row.record);
+            if let (Health::Healthy, Some(last)) = (agent.health, agent.last_seen) {
+                let fire = (last + (n + 1) * size).max(0) as Time;
+                agent.timer = Some(fire);
+                self.timers.entry(fire).or_default().push(key.clone());
+            }
+            self.agents.insert(key, agent);
         }
     }
 
@@ -115,8 +162,11 @@ impl Agents {
     }
 
     /// Sets `key`'s record from timely time `at` on.
-    fn set(&mut self, key: &str, at: Time, record: Option<AgentRecord>, out: &mut Vec<AgentsOut>) {
+    fn set(&mut self, key: &str, at: Time, since: i64, record: Option<AgentRecord>, out: &mut Vec<AgentsOut>) {
         let agent = self.agents.entry(key.to_string()).or_insert_with(Agent::new);
+        if agent.timeline.get(&at).is_some_and(|e| e.since > since) {
+            return; // superseded within its window by a change that holds from later
+        }
         let current = agent.record_at(at).map(Member::of);
         let next = agent.timeline.range(at + 1..).next().map(|(t, _)| *t);
         let new = record.as_ref().map(Member::of);
@@ -133,36 +183,28 @@ impl Agents {
                 emit(&new, next, -1);
             }
         }
+        if let Some(r) = &record {
+            agent.last_known = Some(r.clone());
+        }
         let changed = agent.record_at(at) != record.as_ref();
-        agent.timeline.insert(at, Entry { record: record.clone() });
+        agent.timeline.insert(at, Entry { record, since });
         if changed {
-            let deleted = record.is_none();
-            let shown = record.or_else(|| agent.timeline.range(..at).next_back().and_then(|(_, e)| e.record.clone()));
-            if let Some(shown) = shown {
-                let row = AgentRow {
-                    time: at as i64 - self.config.window,
-                    record: shown,
-                    first_seen: agent.first_seen,
-                    last_seen: agent.last_seen,
-                    health: agent.health.name().to_string(),
-                    deleted,
-                };
-                out.push(AgentsOut::Item(SinkItem::Agents(vec![row])));
-            }
+            self.rows.entry(at).or_default().push(key.to_string());
         }
     }
 
     /// A registry update that arrived at timely time `now` (the first window not yet closed).
     pub fn update(&mut self, update: RegistryUpdate, now: Time, out: &mut Vec<AgentsOut>) {
-        let at = match update.time {
-            Some(t) => self.time_from(t).max(now),
-            None => now,
+        let (at, since) = match update.time {
+            Some(t) if self.time_from(t) >= now => (self.time_from(t), t),
+            // Untimed, or its windows are closed: from the first window not yet closed.
+            _ => (now, now as i64 - self.size()),
         };
         let record = update.record.map(|mut r| {
             r.key = update.key.clone();
             r
         });
-        self.set(&update.key, at, record, out);
+        self.set(&update.key, at, since, record, out);
     }
 
     /// An agent reported in the window `[window_start, window_start + size)`.
@@ -171,39 +213,87 @@ impl Agents {
         self.sightings.entry(t).or_default().push((key, tags, window_start));
     }
 
-    /// Processes sightings and timers the frontier has passed. An empty `frontier` means the
-    /// input ended: every sighting is processed, and only timers of windows the data's watermark
+    /// Processes sightings and timers the frontier has passed. `ended`: the windows' input ended,
+    /// and every sighting is processed, and only timers of windows the data's watermark
     /// closed (`closed_by_data`, ns) fire — the windows the end of the input closed are not silence.
-    pub fn advance(&mut self, frontier: &MutableAntichain<Time>, closed_by_data: i64, out: &mut Vec<AgentsOut>) {
-        let ended = frontier.is_empty();
+    pub fn advance(
+        &mut self,
+        frontier: &MutableAntichain<Time>,
+        ended: bool,
+        closed_by_data: i64,
+        out: &mut Vec<AgentsOut>,
+    ) {
+        let low = frontier.frontier().iter().min().copied();
         loop {
-            let next_sighting = self.sightings.first_key_value().map(|(t, _)| *t);
-            let next_timer = self.timers.first_key_value().map(|(t, _)| *t);
-            let t = match (next_sighting, next_timer) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) => a,
-                (None, Some(b)) => b,
-                (None, None) => break,
-            };
+            // At one time: sightings, then timers, then the rows of what changed.
+            let next = [
+                self.sightings.first_key_value().map(|(t, _)| (*t, 0)),
+                self.timers.first_key_value().map(|(t, _)| (*t, 1)),
+                self.rows.first_key_value().map(|(t, _)| (*t, 2)),
+            ];
+            let Some((t, kind)) = next.into_iter().flatten().min() else { break };
             if !ended && frontier.less_equal(&t) {
                 break;
             }
-            if next_sighting == Some(t) {
-                let seen = self.sightings.remove(&t).unwrap_or_default();
-                for (key, tags, start) in seen {
-                    self.seen(key, &tags, start, t, out);
-                }
-            } else {
-                let keys = self.timers.remove(&t).unwrap_or_default();
-                if !ended || t as i64 <= closed_by_data {
-                    for key in keys {
-                        self.silent(&key, t, out);
+            match kind {
+                0 => {
+                    for (key, tags, start) in self.sightings.remove(&t).unwrap_or_default() {
+                        self.seen(key, &tags, start, t, out);
                     }
+                }
+                1 => {
+                    let keys = self.timers.remove(&t).unwrap_or_default();
+                    if !ended || t as i64 <= closed_by_data {
+                        for key in keys {
+                            self.silent(&key, t, out);
+                        }
+                    }
+                }
+                _ => {
+                    let keys = self.rows.remove(&t).unwrap_or_default();
+                    self.write_rows(keys, t, low, out);
                 }
             }
         }
-        let Some(low) = frontier.frontier().iter().min().copied() else { return };
-        self.snapshot(low, out);
+        match low {
+            Some(low) if !ended => self.snapshot(low, out),
+            _ => {}
+        }
+    }
+
+    /// The `agents` rows of `keys` as of time `t`. A record that holds from before the first
+    /// window not yet closed (`low`) — an untimed record loaded at the start — is dated by that window.
+    fn write_rows(&mut self, mut keys: Vec<String>, t: Time, low: Option<Time>, out: &mut Vec<AgentsOut>) {
+        keys.sort();
+        keys.dedup();
+        let size = self.size();
+        let mut time = t as i64 - size;
+        if let (true, Some(low)) = (time < 0, low) {
+            time = (low as i64 - 1).div_euclid(size) * size;
+        }
+        let time = time.max(0);
+        let mut rows = Vec::new();
+        for key in keys {
+            let Some(agent) = self.agents.get(&key) else { continue };
+            let (record, deleted) = match agent.record_at(t) {
+                Some(r) => (r.clone(), false),
+                None => match &agent.last_known {
+                    Some(r) => (r.clone(), true),
+                    None => continue,
+                },
+            };
+            rows.push(AgentRow {
+                time,
+                record,
+                first_seen: agent.first_seen,
+                last_seen: agent.last_seen,
+                health: agent.health.name().to_string(),
+                deleted,
+            });
+        }
+        if !rows.is_empty() {
+            out.push(AgentsOut::Item(SinkItem::Agents(rows)));
+        }
     }
 
     fn seen(&mut self, key: String, tags: &AgentTags, start: i64, t: Time, out: &mut Vec<AgentsOut>) {
@@ -214,7 +304,7 @@ impl Agents {
             agent.last_seen = Some(start);
         }
         if agent.record_at(t).is_none() {
-            self.set(&key, t, Some(AgentRecord::from_tags(tags)), out);
+            self.set(&key, t, start, Some(AgentRecord::from_tags(tags)), out);
         }
         if !fresh {
             return;
@@ -267,21 +357,17 @@ impl Agents {
             to: to.name().to_string(),
             reason: reason.to_string(),
         }])));
-        if let Some(record) = agent.record_at(t).cloned() {
-            out.push(AgentsOut::Item(SinkItem::Agents(vec![AgentRow {
-                time,
-                record,
-                first_seen: agent.first_seen,
-                last_seen: agent.last_seen,
-                health: to.name().to_string(),
-                deleted: false,
-            }])));
-        }
+        // The row in `agents` is dated like the change: the window of the data, or U itself.
+        let row_at = if to == Health::Unhealthy { t + self.size() as Time } else { t };
+        self.rows.entry(row_at).or_default().push(key.to_string());
     }
 
     /// Every `snapshot_every` of event time, a row per registered agent; and compaction.
     fn snapshot(&mut self, low: Time, out: &mut Vec<AgentsOut>) {
         let every = self.config.snapshot_every.max(1);
+        if low == 0 {
+            return; // no window yet
+        }
         let closed = low as i64 - self.size(); // windows starting before this are closed
         let next = *self.next_snapshot.get_or_insert_with(|| (closed.div_euclid(every) + 1) * every);
         if closed < next {

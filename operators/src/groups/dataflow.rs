@@ -33,7 +33,7 @@ use timely::progress::Antichain;
 use super::agents::{Agents, AgentsOut};
 use super::vm::{group_metrics, rank, Member, VmPartial, F64, RANKED_METRICS};
 use super::{GroupsConfig, Level};
-use crate::model::{stable_hash, AgentTags, GroupRow, RankRow, SinkItem, WindowBatch};
+use crate::model::{stable_hash, AgentRow, AgentTags, GroupRow, RankRow, SinkItem, WindowBatch};
 use crate::registry::RegistryUpdate;
 use crate::window::Time;
 
@@ -43,22 +43,27 @@ type Part = (String, AgentTags, i64, VmPartial);
 /// Group key: `(level, group_id, window_start)`.
 type GroupKey = (Level, String, i64);
 
+/// A ranking row: `(order, rank, group_id, value)`.
+type RankValue = (String, u32, String, F64);
+
 /// Builds the fleet metrics of window aggregates and registry updates. `closed_by_data` tells
 /// the watermark the data has reached (ns): when the input ends, windows after it were closed by
-/// the end, not by the watermark, and their silence makes no agent unhealthy.
+/// the end, not by the watermark, and their silence makes no agent unhealthy. `restored` is the
+/// agents' last state recorded by a previous run (see [`Agents::restore`]); each worker keeps the
+/// agents it owns.
 pub fn fleet_metrics<'scope>(
     windows: Stream<'scope, Time, Vec<WindowBatch>>,
     updates: Stream<'scope, Time, Vec<RegistryUpdate>>,
     config: GroupsConfig,
     closed_by_data: Arc<dyn Fn() -> i64 + Send + Sync>,
+    restored: Arc<Vec<AgentRow>>,
 ) -> Stream<'scope, Time, Vec<SinkItem>> {
     let size = config.window;
     let part_config = config.clone();
     let parts: Stream<'scope, Time, Vec<Part>> = windows.flat_map(move |batch| vm_partials(&batch, &part_config));
 
-    // Registry and health, each agent on the worker its key hashes to. Only the parts drive the
-    // operator's progress: registry updates apply from the first window it has not yet closed,
-    // and their source never holds windows back.
+    // Registry and health, each agent on the worker its key hashes to. The registry updates'
+    // input is not connected to the output: its source never holds windows back.
     let agents_config = config.clone();
     let mut builder = OperatorBuilder::new("Agents".to_owned(), parts.scope());
     let mut parts_in = builder.new_input(parts.clone(), Exchange::new(|p: &Part| stable_hash(&[&p.0])));
@@ -66,41 +71,49 @@ pub fn fleet_metrics<'scope>(
     let (agents_output, agents_out) =
         builder.new_output_connection::<Vec<AgentsOut>, _>([(0, Antichain::from_elem(Default::default()))]);
     let mut agents_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<AgentsOut>>>::from(agents_output);
+    let (index, peers) = (parts.scope().index(), parts.scope().peers() as u64);
     builder.build(move |mut caps| {
         let mut agents = Agents::new(agents_config);
         let mut held: Option<Capability<Time>> = caps.pop();
         let mut out = Vec::new();
+        let mine = restored.iter().filter(|r| (stable_hash(&[&r.record.key]) % peers) as usize == index);
+        agents.restore(mine.cloned().collect(), &mut out);
         move |frontiers| {
             parts_in.for_each(|_cap, data| {
                 for (key, tags, start, _) in data.drain(..) {
                     agents.sighting(key, tags, start);
                 }
             });
-            let now = held.as_ref().map(|c| *c.time());
-            updates_in.for_each(|_cap, data| {
+            let open = held.is_some();
+            updates_in.for_each(|cap, data| {
+                let now = cap.least().copied().unwrap_or_default();
                 for u in data.drain(..) {
-                    // After the windows are all closed, registry updates have nothing to change.
-                    if let Some(now) = now {
+                    // Once every window is closed, registry updates have nothing left to change.
+                    if open {
                         agents.update(u, now, &mut out);
                     }
                 }
             });
-            let frontier = &frontiers[0];
-            agents.advance(frontier, closed_by_data(), &mut out);
+            // Sightings and timers wait for both inputs, so that they see every registry update
+            // of their time; when the windows end, everything left is processed.
+            let ended = frontiers[0].is_empty();
+            let mut frontier = frontiers[0].clone();
+            frontier.update_iter(frontiers[1].frontier().iter().map(|t| (*t, 1)));
+            agents.advance(&frontier, ended, closed_by_data(), &mut out);
             if let Some(cap) = &held {
                 if !out.is_empty() {
                     agents_output.activate().session(cap).give_iterator(out.drain(..));
                 }
             }
-            match frontier.frontier().iter().min() {
-                Some(low) => {
+            match (ended, frontier.frontier().iter().min()) {
+                (false, Some(low)) => {
                     if let Some(cap) = held.as_mut() {
                         if cap.time() < low {
                             cap.downgrade(low);
                         }
                     }
                 }
-                None => held = None,
+                _ => held = None,
             }
         }
     });
@@ -162,9 +175,9 @@ pub fn fleet_metrics<'scope>(
     let rankings = groups
         .clone()
         .flat_map(|((level, group, start), (metric, value, _))| {
-            RANKED_METRICS.contains(&metric.as_str()).then(|| ((start, level, metric), (value, group)))
+            RANKED_METRICS.contains(&metric.as_str()).then_some(((start, level, metric), (value, group)))
         })
-        .reduce(move |_key: &(i64, Level, String), input, output: &mut Vec<((String, u32, String, F64), isize)>| {
+        .reduce(move |_key: &(i64, Level, String), input, output: &mut Vec<(RankValue, isize)>| {
             let values: Vec<(String, f64)> = input.iter().map(|((v, g), _)| (g.clone(), v.0)).collect();
             for (order, r, group, value) in rank(&values, k) {
                 output.push(((order.to_string(), r, group, F64(value)), 1));

@@ -71,7 +71,7 @@ fn run(points: Vec<RawPoint>, registry: Vec<RegistryUpdate>, closed_until: i64) 
         let (mut windows, mut updates) = worker.dataflow::<u64, _, _>(|scope| {
             let (windows, w) = scope.new_input::<Vec<WindowBatch>>();
             let (updates, u) = scope.new_input::<Vec<RegistryUpdate>>();
-            fleet_metrics(w, u, config(), Arc::new(move || closed_until))
+            fleet_metrics(w, u, config(), Arc::new(move || closed_until), Arc::default())
                 .inspect(move |item| out.lock().unwrap().push(item.clone()))
                 .probe_with(&probe);
             (windows, updates)
@@ -197,7 +197,7 @@ fn record(agent: usize, mcis: usize, state: AgentState, vcpu: f64) -> AgentRecor
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn fleet_dataflow_matches_reference(
@@ -267,4 +267,16 @@ fn a_moved_vm_counts_in_one_mcis_per_window() {
         // vm0 (ns0) moves from m0 to m1 at window 3; vm1 is ns1/m1, vm2 ns0/m2.
         assert_eq!(in_m1, if w >= 3 { 1 } else { 0 }, "window {w}");
     }
+}
+
+#[test]
+fn a_removal_superseded_within_its_window_does_not_stop_health() {
+    let points: Vec<RawPoint> =
+        (0..3).flat_map(|a| window_points(a, 0, &[50.0, 40.0, 1e4, 1e6, 1e4, 10.0], 3)).collect();
+    let key = tags(2).key();
+    let registry = vec![
+        RegistryUpdate { key: key.clone(), time: Some(2 * SIZE), record: Some(record(2, 0, AgentState::Enable, 4.0)) },
+        RegistryUpdate { key, time: Some(SIZE + SIZE / 2), record: None },
+    ];
+    check(run(points.clone(), registry.clone(), 3 * SIZE), &points, &registry, 3 * SIZE);
 }

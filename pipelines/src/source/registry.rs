@@ -178,6 +178,43 @@ impl RegistryTopic {
         }
     }
 
+    /// Reads the topic up to the end it has now (waiting up to `timeout`), so that a job starts
+    /// with every registry update already published: a backfill then places VMs in their groups
+    /// the same way at every run. Later updates come with [`poll`](Self::poll).
+    pub fn catch_up(&mut self, timeout: Duration) -> Vec<Result<RegistryUpdate, String>> {
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        match topic_partitions(&self.consumer, &self.topic) {
+            Ok(partitions) => self.assign(&partitions, &mut out),
+            Err(e) => {
+                out.push(Err(e));
+                return out;
+            }
+        }
+        let mut ends = FxHashMap::default();
+        for &p in self.partitions.keys() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.fetch_watermarks(&self.topic, p, left) {
+                Ok((_, high)) => {
+                    ends.insert(p, high);
+                }
+                Err(e) => out.push(Err(format!("registry topic {}/{p}: end offset: {e}", self.topic))),
+            }
+        }
+        self.next_metadata = Instant::now() + METADATA_REFRESH;
+        let caught_up = |parts: &FxHashMap<i32, Option<i64>>| {
+            ends.iter().all(|(p, end)| *end <= 0 || parts.get(p).copied().flatten().is_some_and(|n| n >= *end))
+        };
+        while !caught_up(&self.partitions) && Instant::now() < deadline {
+            let before = out.len();
+            out.extend(self.poll());
+            if out.len() == before {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        out
+    }
+
     fn assign(&mut self, partitions: &[i32], out: &mut Vec<Result<RegistryUpdate, String>>) {
         let mut new = TopicPartitionList::new();
         for &p in partitions.iter().filter(|p| !self.partitions.contains_key(p)) {
