@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Run a job (TOML or JSON spec) to its end: end of file, `stop_at_end`, or Ctrl-C.
     Run(cmd::run::RunArgs),
-    /// Run read-only SQL over a Parquet lake (tables: aggregates, late, rejects).
+    /// Run read-only SQL over a Parquet lake (aggregates, late, rejects, groups, rankings, agents, agent_health, agents_history).
     Sql(cmd::sql::SqlArgs),
     /// Generate metrics of N virtual agents into Kafka or a file.
     Loadgen(cmd::loadgen::LoadgenArgs),

@@ -148,8 +148,11 @@ pub fn run_job(
             SinkSpec::Parquet(p) => Some(p.path.clone()),
             _ => None,
         }) {
-            Some(lake) => sinks::sql::agents_before(&lake, r.frontier.saturating_sub(g.window))
-                .map_err(|e| JobError::Source(format!("cannot read the agents of the last run: {e}")))?,
+            Some(lake) => {
+                let span = g.snapshot_every + (g.unhealthy_after as i64 + 2) * g.window;
+                sinks::sql::agents_before(&lake, r.frontier.saturating_sub(g.window), span)
+                    .map_err(|e| JobError::Source(format!("cannot read the agents of the last run: {e}")))?
+            }
             None => Vec::new(),
         },
         _ => Vec::new(),

@@ -169,7 +169,10 @@ pub async fn query(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, 
 /// The last recorded state of every agent before event time `before` (ns): for each key, its
 /// latest row of `agents_history` (a removal included, as `deleted`). A job resuming from a
 /// checkpoint starts its registry and agent health from these.
-pub fn agents_before(lake: &Path, before: i64) -> Result<Vec<operators::model::AgentRow>, SinkError> {
+///
+/// `recent_span` (ns) is how far before `before` an agent's rows may be behind its data: the
+/// snapshot interval plus the silence that makes it unhealthy.
+pub fn agents_before(lake: &Path, before: i64, recent_span: i64) -> Result<Vec<operators::model::AgentRow>, SinkError> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::{Float64Type, Int64Type};
     use operators::registry::{AgentRecord, AgentState, Mechanism};
@@ -184,10 +187,32 @@ pub fn agents_before(lake: &Path, before: i64) -> Result<Vec<operators::model::A
         .enable_all()
         .build()
         .map_err(|e| SinkError::io("start a runtime for", lake, e))?;
-    let batches = runtime.block_on(async {
+    // Rows are written on changes and in periodic snapshots, so an agent's `last_seen` there may
+    // lag: its last window with data before `before` is read from `aggregates`, over the span
+    // in which it can be later than the agent's last row (a snapshot interval and then some).
+    let recent = format!(
+        "SELECT concat_ws('/', ns_id, mcis_id, vm_id, csp_type) AS key, \
+         arrow_cast(arrow_cast(max(window_start), 'Timestamp(Nanosecond, Some(\"UTC\"))'), 'Int64') AS last \
+         FROM aggregates \
+         WHERE window_start < to_timestamp_nanos({before}) AND window_start >= to_timestamp_nanos({since}) \
+         GROUP BY ns_id, mcis_id, vm_id, csp_type",
+        since = before.saturating_sub(recent_span)
+    );
+    let (batches, recent) = runtime.block_on(async {
         let ctx = lake_context(lake).await?;
-        query(&ctx, &sql).await
+        Ok::<_, SinkError>((query(&ctx, &sql).await?, query(&ctx, &recent).await?))
     })?;
+    let mut last_window = std::collections::HashMap::new();
+    for b in &recent {
+        let keys = arrow::compute::cast(b.column(0), &DataType::Utf8).expect("strings cast to Utf8");
+        let keys = keys.as_string::<i32>();
+        let last = b.column(1).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            if !keys.is_null(r) && !last.is_null(r) {
+                last_window.insert(keys.value(r).to_string(), last.value(r));
+            }
+        }
+    }
     let mut rows = Vec::new();
     for b in &batches {
         let col = |name: &str| b.column_by_name(name).expect("selected column");
@@ -227,11 +252,15 @@ pub fn agents_before(lake: &Path, before: i64) -> Result<Vec<operators::model::A
                 cost_per_hour: float("cost_per_hour", r),
                 pull_url: (!pull_url.is_empty()).then_some(pull_url),
             };
+            let last_seen = match (int("last_seen", r), last_window.get(&record.key)) {
+                (Some(a), Some(b)) => Some(a.max(*b)),
+                (a, b) => a.or(b.copied()),
+            };
             rows.push(operators::model::AgentRow {
                 time: int("time", r).unwrap_or_default(),
                 record,
                 first_seen: int("first_seen", r),
-                last_seen: int("last_seen", r),
+                last_seen,
                 health: string("health", r),
                 deleted: !deleted.is_null(r) && deleted.value(r),
             });

@@ -905,3 +905,31 @@ async fn one_groups_item_with_two_windows_writes_two_files() {
     let b = rows(lake, "SELECT value FROM groups ORDER BY value").await;
     assert_eq!(floats(&b, 0), [Some(1.0), Some(2.0), Some(3.0)]);
 }
+
+#[test]
+fn a_resuming_job_reads_each_agents_last_row_and_last_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+    w.push(SinkItem::Agents(vec![
+        agent_row(T0, record("vm-1", "mcis-1"), "healthy", false),
+        agent_row(T0 + 60 * SEC, record("vm-1", "mcis-2"), "unhealthy", false),
+        agent_row(T0, record("vm-2", "mcis-1"), "healthy", false),
+        agent_row(T0 + 30 * SEC, record("vm-2", "mcis-1"), "healthy", true),
+    ]))
+    .expect("push");
+    // vm-1 reports after its last row before the cut: its last window comes from `aggregates`.
+    for k in 1..6 {
+        let start = T0 + k * 10 * SEC;
+        w.push(window(start, vec![(key("vm-1", "cpu", "cpu-total", "usage_idle"), agg(start, &[1.0]))])).expect("push");
+    }
+    w.finish().expect("finish");
+
+    let rows = crate::sql::agents_before(lake, T0 + 40 * SEC, 600 * SEC).expect("read");
+    assert_eq!(rows.len(), 2);
+    let vm1 = rows.iter().find(|r| r.record.vm_id == "vm-1").expect("vm-1");
+    assert_eq!((vm1.time, vm1.record.mcis_id.as_str(), vm1.health.as_str()), (T0, "mcis-1", "healthy"));
+    assert_eq!((vm1.first_seen, vm1.last_seen), (Some(T0), Some(T0 + 30 * SEC)));
+    let vm2 = rows.iter().find(|r| r.record.vm_id == "vm-2").expect("vm-2");
+    assert!(vm2.deleted && vm2.time == T0 + 30 * SEC);
+}

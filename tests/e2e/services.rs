@@ -97,6 +97,29 @@ fn tansu_to_lake_and_influxdb_with_two_workers() {
         assert!(rel(row["used_percent"].as_f64().unwrap(), *mean) <= 1e-9, "{key:?}");
         assert!(rel(row["used_percent_max"].as_f64().unwrap(), *max) <= 1e-9, "{key:?}");
     }
+
+    // Group metrics: InfluxDB's points equal the lake's rows.
+    let lake_groups = sql_rows(
+        &lake,
+        "SELECT group_id, CAST(to_unixtime(window_start) AS BIGINT) AS ws, value, vm_count FROM groups \
+         WHERE level = 'csp' AND metric = 'cpu_util_mean'",
+    );
+    assert!(!lake_groups.is_empty(), "groups in the lake");
+    let got = influx_series(&influxql(
+        &db,
+        "SELECT \"value\", \"vm_count\" FROM \"dragonflow_groups\" WHERE \"level\" = 'csp' \
+         AND \"metric\" = 'cpu_util_mean' GROUP BY \"group_id\"",
+    ));
+    assert_eq!(got.len(), lake_groups.len(), "one point per group and window");
+    for r in &lake_groups {
+        let (group, ws) = (&r["group_id"], r["ws"].parse::<i64>().unwrap());
+        let (_, point) = got
+            .iter()
+            .find(|(tags, p)| &tags["group_id"] == group && p["time"].as_i64() == Some(ws))
+            .unwrap_or_else(|| panic!("no InfluxDB point for {group} at {ws}"));
+        assert!(rel(point["value"].as_f64().unwrap(), r["value"].parse().unwrap()) <= 1e-9, "{group} {ws}");
+        assert_eq!(point["vm_count"].as_i64().unwrap().to_string(), r["vm_count"], "{group} {ws}");
+    }
 }
 
 /// Telegraf's formats, produced by Python's confluent-kafka (a client we did not write).
