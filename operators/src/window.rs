@@ -196,9 +196,11 @@ mod tests {
 
     /// (vm index, field index, ts, value) — ts in units, window size 10 units.
     type Raw = (u8, u8, u64, i32);
+    /// (window start, vm, field) → (count, sum, min, max, last).
+    type Windows = HashMap<(u64, String, String), (u64, f64, f64, f64, f64)>;
 
-    fn reference(raw: &[Raw], size: u64) -> HashMap<(u64, String, String), (u64, f64, f64, f64, f64)> {
-        let mut out: HashMap<(u64, String, String), Vec<(u64, usize, f64)>> = HashMap::new();
+    fn reference(raw: &[Raw], size: u64) -> Windows {
+        let mut out: HashMap<_, Vec<(u64, usize, f64)>> = HashMap::new();
         for (i, &(vm, f, ts, v)) in raw.iter().enumerate() {
             let start = ts / size * size;
             out.entry((start, format!("vm-{vm}"), format!("f{f}"))).or_default().push((ts, i, v as f64));
@@ -217,7 +219,7 @@ mod tests {
 
     /// Runs `raw` (in arrival order) through `workers` workers, dealing records round-robin,
     /// all windows open until the end of input.
-    fn run(raw: Vec<Raw>, workers: usize, size: u64) -> HashMap<(u64, String, String), (u64, f64, f64, f64, f64)> {
+    fn run(raw: Vec<Raw>, workers: usize, size: u64) -> Windows {
         let result = Arc::new(Mutex::new(HashMap::new()));
         let sink = result.clone();
         let raw = Arc::new(raw);

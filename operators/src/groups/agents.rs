@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 use timely::progress::frontier::MutableAntichain;
 
-use super::vm::Member;
+use super::vm::{Member, VmPartial};
 use super::GroupsConfig;
 use crate::model::{AgentRow, AgentTags, HealthRow, SinkItem};
 use crate::registry::{AgentRecord, AgentState, RegistryUpdate};
@@ -25,10 +25,14 @@ use crate::window::Time;
 /// A change of the registry collection: `((key, member), time, diff)`.
 pub type MemberUpdate = ((String, Member), Time, isize);
 
+/// A VM's whole window for the group metrics: `((key, (window_start, partial)), time, diff)`.
+pub type PartUpdate = ((String, (i64, VmPartial)), Time, isize);
+
 /// What the operator emits.
 #[derive(Clone, Debug)]
 pub enum AgentsOut {
     Member(MemberUpdate),
+    Part(PartUpdate),
     Item(SinkItem),
 }
 
@@ -99,8 +103,9 @@ pub struct Agents {
     config: GroupsConfig,
     agents: FxHashMap<String, Agent>,
     timers: BTreeMap<Time, Vec<String>>,
-    /// Sightings waiting for their window's time to pass: `(key, tags, window_start)`.
-    sightings: BTreeMap<Time, Vec<(String, AgentTags, i64)>>,
+    /// Sightings waiting for their window's time to pass, with the VM's partials of the window
+    /// from every worker merged: key → `(tags, window_start, partial)`.
+    sightings: BTreeMap<Time, FxHashMap<String, (AgentTags, i64, VmPartial)>>,
     /// Agents whose row in `agents` is due at a time (a change of record or health), written
     /// once that time has passed, with the agent's state then.
     rows: BTreeMap<Time, Vec<String>>,
@@ -208,9 +213,14 @@ impl Agents {
     }
 
     /// An agent reported in the window `[window_start, window_start + size)`.
-    pub fn sighting(&mut self, key: String, tags: AgentTags, window_start: i64) {
+    pub fn sighting(&mut self, key: String, tags: AgentTags, window_start: i64, partial: VmPartial) {
         let t = (window_start + self.size()) as Time;
-        self.sightings.entry(t).or_default().push((key, tags, window_start));
+        match self.sightings.entry(t).or_default().entry(key) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().2.merge(&partial),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((tags, window_start, partial));
+            }
+        }
     }
 
     /// Processes sightings and timers the frontier has passed. `ended`: the windows' input ended,
@@ -237,8 +247,14 @@ impl Agents {
             }
             match kind {
                 0 => {
-                    for (key, tags, start) in self.sightings.remove(&t).unwrap_or_default() {
-                        self.seen(key, &tags, start, t, out);
+                    let mut seen: Vec<_> = self.sightings.remove(&t).unwrap_or_default().into_iter().collect();
+                    seen.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (key, (tags, start, partial)) in seen {
+                        self.seen(key.clone(), &tags, start, t, out);
+                        // The VM's window lives in the group metrics' collection at its time only.
+                        let part = (key, (start, partial));
+                        out.push(AgentsOut::Part((part.clone(), t, 1)));
+                        out.push(AgentsOut::Part((part, t + 1, -1)));
                     }
                 }
                 1 => {

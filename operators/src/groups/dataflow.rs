@@ -2,16 +2,15 @@
 //! `agent_health`, `groups` and `rankings` out.
 //!
 //! ```text
-//! windows ─► per-VM partials ─┬─► sightings ─┐
-//!                             │              ├─► Agents (registry timelines, health) ─► agents, agent_health
-//! registry updates ───────────┼──────────────┘          │
-//!                             │                     members (key → record, over time)
-//!                             ▼                          │
-//!                     parts (key → window, partial) ──join──► by group ──reduce──► groups ──reduce──► rankings
+//! windows ─► per-VM partials ─► Agents ─┬─► agents, agent_health rows
+//!                                  ▲    ├─► members: key → record, over time ─────┐
+//! registry updates ────────────────┘    └─► parts: key → (window, VM's whole window) ─join─► values per level
+//!                                                                 ──reduce──► groups ──reduce──► rankings
 //! ```
 //!
-//! Times are timely times of windows (their end, ns). A VM's parts live in the collection only at
-//! their window's time — inserted at `end`, retracted at `end + 1` — so each window is joined with
+//! Times are timely times of windows (their end, ns). The Agents operator merges a VM's partials
+//! from every worker into its whole window. A VM's window lives in the collection only at its
+//! window's time — inserted at `end`, retracted at `end + 1` — so each window is joined with
 //! the registry *as of that window*, a registry change touches only windows at or after it, and
 //! the arrangements hold nothing once a window has passed: state is proportional to agents, not
 //! to windows seen.
@@ -31,7 +30,7 @@ use timely::dataflow::Stream;
 use timely::progress::Antichain;
 
 use super::agents::{Agents, AgentsOut};
-use super::vm::{group_metrics, rank, Member, VmPartial, F64, RANKED_METRICS};
+use super::vm::{group_metrics, rank, Member, VmPartial, VmValues, F64, RANKED_METRICS};
 use super::{GroupsConfig, Level};
 use crate::model::{stable_hash, AgentRow, AgentTags, GroupRow, RankRow, SinkItem, WindowBatch};
 use crate::registry::RegistryUpdate;
@@ -65,13 +64,14 @@ pub fn fleet_metrics<'scope>(
     // Registry and health, each agent on the worker its key hashes to. The registry updates'
     // input is not connected to the output: its source never holds windows back.
     let agents_config = config.clone();
-    let mut builder = OperatorBuilder::new("Agents".to_owned(), parts.scope());
-    let mut parts_in = builder.new_input(parts.clone(), Exchange::new(|p: &Part| stable_hash(&[&p.0])));
+    let scope = parts.scope();
+    let (index, peers) = (scope.index(), scope.peers() as u64);
+    let mut builder = OperatorBuilder::new("Agents".to_owned(), scope);
+    let mut parts_in = builder.new_input(parts, Exchange::new(|p: &Part| stable_hash(&[&p.0])));
     let mut updates_in = builder.new_input(updates, Exchange::new(|u: &RegistryUpdate| stable_hash(&[&u.key])));
     let (agents_output, agents_out) =
         builder.new_output_connection::<Vec<AgentsOut>, _>([(0, Antichain::from_elem(Default::default()))]);
     let mut agents_output = OutputBuilder::<_, CapacityContainerBuilder<Vec<AgentsOut>>>::from(agents_output);
-    let (index, peers) = (parts.scope().index(), parts.scope().peers() as u64);
     builder.build(move |mut caps| {
         let mut agents = Agents::new(agents_config);
         let mut held: Option<Capability<Time>> = caps.pop();
@@ -80,8 +80,8 @@ pub fn fleet_metrics<'scope>(
         agents.restore(mine.cloned().collect(), &mut out);
         move |frontiers| {
             parts_in.for_each(|_cap, data| {
-                for (key, tags, start, _) in data.drain(..) {
-                    agents.sighting(key, tags, start);
+                for (key, tags, start, partial) in data.drain(..) {
+                    agents.sighting(key, tags, start, partial);
                 }
             });
             let open = held.is_some();
@@ -121,29 +121,31 @@ pub fn fleet_metrics<'scope>(
         .clone()
         .flat_map(|o| match o {
             AgentsOut::Member(m) => Some(m),
-            AgentsOut::Item(_) => None,
+            _ => None,
+        })
+        .as_collection();
+    let window_parts: VecCollection<'scope, Time, (String, (i64, VmPartial))> = agents_out
+        .clone()
+        .flat_map(|o| match o {
+            AgentsOut::Part(p) => Some(p),
+            _ => None,
         })
         .as_collection();
     let agent_items = agents_out.flat_map(|o| match o {
         AgentsOut::Item(i) => Some(i),
-        AgentsOut::Member(_) => None,
+        _ => None,
     });
 
-    // Each part lives only at its window's time.
-    let window_parts: VecCollection<'scope, Time, (String, (i64, VmPartial))> = parts
-        .flat_map(move |(key, _, start, partial)| {
-            let t = (start + size) as Time;
-            let value = (key, (start, partial));
-            [(value.clone(), t, 1isize), (value, t + 1, -1isize)]
-        })
-        .as_collection();
-
+    // Each VM joins the registry as of its window, then counts in one group per level.
     let levels = config.levels.clone();
+    let values_config = config.clone();
     let by_group = window_parts.join(members).flat_map(move |(key, ((start, partial), member))| {
         levels
             .iter()
             .filter_map(|&level| {
-                member.group(level).map(|g| ((level, g, start), (key.clone(), partial.clone(), member.clone())))
+                let group = member.group(level)?;
+                let values = VmValues::of(&partial, &member, level, &values_config);
+                Some(((level, group, start), (key.clone(), values)))
             })
             .collect::<Vec<_>>()
     });
@@ -151,22 +153,10 @@ pub fn fleet_metrics<'scope>(
     let group_config = config.clone();
     let groups =
         by_group.reduce(move |(level, _, _): &GroupKey, input, output: &mut Vec<((String, F64, u64), isize)>| {
-            // Values arrive sorted: a VM's partials from several workers are adjacent.
-            let mut vms: Vec<(VmPartial, &Member)> = Vec::new();
-            let mut last_key: Option<&String> = None;
-            for ((key, partial, member), count) in input {
-                for _ in 0..(*count).max(0) {
-                    if last_key == Some(key) {
-                        vms.last_mut().expect("same key").0.merge(partial);
-                    } else {
-                        vms.push((partial.clone(), member));
-                        last_key = Some(key);
-                    }
-                }
-            }
-            let refs: Vec<(&VmPartial, &Member)> = vms.iter().map(|(p, m)| (p, *m)).collect();
+            let vms: Vec<&VmValues> =
+                input.iter().filter(|(_, count)| *count > 0).map(|((_, values), _)| values).collect();
             let vm_count = vms.len() as u64;
-            for (metric, value) in group_metrics(*level, &refs, &group_config) {
+            for (metric, value) in group_metrics(*level, &vms, &group_config) {
                 output.push(((metric, F64(value), vm_count), 1));
             }
         });

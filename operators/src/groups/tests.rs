@@ -33,7 +33,8 @@ fn config() -> GroupsConfig {
 /// Window batches of the points, one per window and worker (series split by hash), in window order.
 fn batches(points: &[RawPoint], peers: usize, index: usize) -> Vec<WindowBatch> {
     let mut agents: BTreeMap<AgentTags, Arc<AgentTags>> = BTreeMap::new();
-    let mut windows: BTreeMap<i64, BTreeMap<(AgentTags, String, String, String), Agg>> = BTreeMap::new();
+    type Series = (AgentTags, String, String, String);
+    let mut windows: BTreeMap<i64, BTreeMap<Series, Agg>> = BTreeMap::new();
     for (i, p) in points.iter().enumerate() {
         let start = p.ts.div_euclid(SIZE) * SIZE;
         let key = (p.tags.clone(), p.measurement.clone(), p.instance.clone(), p.field.clone());

@@ -280,10 +280,6 @@ impl Member {
         };
         (!id.is_empty()).then_some(id)
     }
-
-    fn is_target(&self, target: &str) -> bool {
-        (!self.public_ip.is_empty() && self.public_ip == target) || (!self.vm_id.is_empty() && self.vm_id == target)
-    }
 }
 
 /// Values over a group's VMs.
@@ -313,40 +309,79 @@ impl Over {
     }
 }
 
+/// One VM's values in one window, as its group at one level needs them: small, so that the
+/// group reduce moves and sorts little.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VmValues {
+    pub cpu: Option<F64>,
+    pub mem: Option<F64>,
+    pub disk_used: Option<F64>,
+    pub disk_total: Option<F64>,
+    pub net: [Option<F64>; 4],
+    pub processes: Option<F64>,
+    pub vcpu: Option<F64>,
+    pub memory_gib: Option<F64>,
+    pub cost_per_hour: Option<F64>,
+    /// One per `[[groups.metric]]`.
+    pub custom: Vec<Option<F64>>,
+    /// At level `mcis` only: the VM's `vm_id` and `public_ip`, and its pings by target.
+    pub ids: Option<(String, String)>,
+    pub pings: Vec<(String, Pool)>,
+}
+
+impl VmValues {
+    pub fn of(vm: &VmPartial, member: &Member, level: Level, config: &GroupsConfig) -> Self {
+        let mcis = level == Level::Mcis;
+        VmValues {
+            cpu: vm.cpu_util().map(F64),
+            mem: vm.mem.mean().map(F64),
+            disk_used: vm.disk_used,
+            disk_total: vm.disk_total,
+            net: vm.net,
+            processes: vm.processes,
+            vcpu: member.vcpu,
+            memory_gib: member.memory_gib,
+            cost_per_hour: member.cost_per_hour,
+            custom: vm
+                .custom
+                .iter()
+                .zip(&config.metrics)
+                .map(|(slot, metric)| slot.as_ref().and_then(|p| p.value(metric.aggregate)).map(F64))
+                .collect(),
+            ids: mcis.then(|| (member.vm_id.clone(), member.public_ip.clone())),
+            pings: if mcis { vm.pings.clone() } else { Vec::new() },
+        }
+    }
+
+    fn is_target(&self, target: &str) -> bool {
+        self.ids
+            .as_ref()
+            .is_some_and(|(vm_id, ip)| (!ip.is_empty() && ip == target) || (!vm_id.is_empty() && vm_id == target))
+    }
+}
+
 /// The metrics of one group in one window from its reporting VMs (each VM once, whole window),
 /// in [`BUILTIN_METRICS`] order, then the spec's metrics. Only metrics with a value are returned.
-pub fn group_metrics(level: Level, vms: &[(&VmPartial, &Member)], config: &GroupsConfig) -> Vec<(String, f64)> {
-    let mut cpu = Over::default();
-    let mut mem = Over::default();
-    let (mut disk_used, mut disk_total, mut processes) = (Over::default(), Over::default(), Over::default());
-    let mut net: [Over; 4] = Default::default();
-    let (mut vcpu, mut memory, mut cost) = (Over::default(), Over::default(), Over::default());
+pub fn group_metrics(level: Level, vms: &[&VmValues], config: &GroupsConfig) -> Vec<(String, f64)> {
+    let v = |f: fn(&VmValues) -> Option<F64>| {
+        let mut o = Over::default();
+        vms.iter().for_each(|vm| o.push(f(vm).map(|x| x.0)));
+        o
+    };
+    let (cpu, mem) = (v(|m| m.cpu), v(|m| m.mem));
+    let (disk_used, disk_total, processes) = (v(|m| m.disk_used), v(|m| m.disk_total), v(|m| m.processes));
+    let net = [v(|m| m.net[0]), v(|m| m.net[1]), v(|m| m.net[2]), v(|m| m.net[3])];
+    let (vcpu, memory, cost) = (v(|m| m.vcpu), v(|m| m.memory_gib), v(|m| m.cost_per_hour));
     let mut rtt = Over::default();
-    let mut custom: Vec<Over> = config.metrics.iter().map(|_| Over::default()).collect();
-    for (i, (vm, member)) in vms.iter().enumerate() {
-        cpu.push(vm.cpu_util());
-        mem.push(vm.mem.mean());
-        disk_used.push(vm.disk_used.map(|v| v.0));
-        disk_total.push(vm.disk_total.map(|v| v.0));
-        processes.push(vm.processes.map(|v| v.0));
-        for (j, n) in net.iter_mut().enumerate() {
-            n.push(vm.net[j].map(|v| v.0));
-        }
-        vcpu.push(member.vcpu.map(|v| v.0));
-        memory.push(member.memory_gib.map(|v| v.0));
-        cost.push(member.cost_per_hour.map(|v| v.0));
-        if level == Level::Mcis {
+    if level == Level::Mcis {
+        for (i, vm) in vms.iter().enumerate() {
             let mut pool = Pool::default();
             for (target, p) in &vm.pings {
-                let other = vms.iter().enumerate().any(|(j, (_, m))| j != i && m.is_target(target));
-                if other {
+                if vms.iter().enumerate().any(|(j, other)| j != i && other.is_target(target)) {
                     pool.merge(p);
                 }
             }
             rtt.push(pool.mean());
-        }
-        for (c, (slot, metric)) in custom.iter_mut().zip(vm.custom.iter().zip(&config.metrics)) {
-            c.push(slot.as_ref().and_then(|p| p.value(metric.aggregate)));
         }
     }
     let mut out = Vec::new();
@@ -371,8 +406,10 @@ pub fn group_metrics(level: Level, vms: &[(&VmPartial, &Member)], config: &Group
     put("memory_gib_mean", memory.get(OverVms::Mean));
     put("cost_per_hour_total", cost.get(OverVms::Sum));
     put("rtt_ms_mean", rtt.get(OverVms::Mean));
-    for (c, metric) in custom.iter().zip(&config.metrics) {
-        put(&metric.name, c.get(metric.over_vms));
+    for (i, metric) in config.metrics.iter().enumerate() {
+        let mut o = Over::default();
+        vms.iter().for_each(|vm| o.push(vm.custom.get(i).copied().flatten().map(|x| x.0)));
+        put(&metric.name, o.get(metric.over_vms));
     }
     out
 }

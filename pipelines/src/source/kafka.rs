@@ -356,41 +356,19 @@ impl KafkaReader {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn resume(target: i64, asked: i64) -> Resume {
-        Resume { target, asked, reached: false, rewinding: None }
+/// Commits a checkpoint's offsets to the consumer group of `spec` (with a consumer of its own),
+/// so that standard Kafka tools show the group's lag. Returns how many partitions it committed.
+pub fn commit_offsets(spec: &KafkaSource, partitions: &[PartitionCheckpoint]) -> Result<usize, KafkaError> {
+    if partitions.is_empty() {
+        return Ok(0);
     }
-
-    #[test]
-    fn records_before_the_target_are_passed_over() {
-        let mut r = resume(100, 90);
-        assert!(matches!(r.step(95, || Some(0)).0, ResumeStep::Skip));
-        assert!(matches!(r.step(100, || Some(0)).0, ResumeStep::Read));
+    let consumer = consumer(spec)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition_offset(&p.source, p.partition, Offset::Offset(p.offset))?;
     }
-
-    #[test]
-    fn a_broker_that_skips_past_the_target_is_read_again_from_further_back() {
-        let mut r = resume(20_000, 10_000);
-        // The broker answered from 20 372: rewind.
-        let (step, at) = r.step(20_372, || Some(0));
-        assert!(matches!(step, ResumeStep::Rewound));
-        assert_eq!(at, Some(0));
-        // Records still queued from the first reading are passed over without rewinding again.
-        assert!(matches!(r.step(20_373, || Some(0)), (ResumeStep::Rewound, None)));
-        // The new reading delivers from before the target.
-        assert!(matches!(r.step(5, || Some(0)).0, ResumeStep::Skip));
-        assert!(matches!(r.step(20_000, || Some(0)).0, ResumeStep::Read));
-    }
-
-    #[test]
-    fn deleted_records_are_not_waited_for() {
-        // Retention removed everything before 30 000.
-        let mut r = resume(20_000, 10_000);
-        assert!(matches!(r.step(30_000, || Some(30_000)).0, ResumeStep::Read));
-    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(partitions.len())
 }
 
 impl Reader for KafkaReader {
@@ -553,17 +531,39 @@ impl Reader for KafkaReader {
     }
 }
 
-/// Commits a checkpoint's offsets to the consumer group of `spec` (with a consumer of its own),
-/// so that standard Kafka tools show the group's lag. Returns how many partitions it committed.
-pub fn commit_offsets(spec: &KafkaSource, partitions: &[PartitionCheckpoint]) -> Result<usize, KafkaError> {
-    if partitions.is_empty() {
-        return Ok(0);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resume(target: i64, asked: i64) -> Resume {
+        Resume { target, asked, reached: false, rewinding: None }
     }
-    let consumer = consumer(spec)?;
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition_offset(&p.source, p.partition, Offset::Offset(p.offset))?;
+
+    #[test]
+    fn records_before_the_target_are_passed_over() {
+        let mut r = resume(100, 90);
+        assert!(matches!(r.step(95, || Some(0)).0, ResumeStep::Skip));
+        assert!(matches!(r.step(100, || Some(0)).0, ResumeStep::Read));
     }
-    consumer.commit(&tpl, CommitMode::Sync)?;
-    Ok(partitions.len())
+
+    #[test]
+    fn a_broker_that_skips_past_the_target_is_read_again_from_further_back() {
+        let mut r = resume(20_000, 10_000);
+        // The broker answered from 20 372: rewind.
+        let (step, at) = r.step(20_372, || Some(0));
+        assert!(matches!(step, ResumeStep::Rewound));
+        assert_eq!(at, Some(0));
+        // Records still queued from the first reading are passed over without rewinding again.
+        assert!(matches!(r.step(20_373, || Some(0)), (ResumeStep::Rewound, None)));
+        // The new reading delivers from before the target.
+        assert!(matches!(r.step(5, || Some(0)).0, ResumeStep::Skip));
+        assert!(matches!(r.step(20_000, || Some(0)).0, ResumeStep::Read));
+    }
+
+    #[test]
+    fn deleted_records_are_not_waited_for() {
+        // Retention removed everything before 30 000.
+        let mut r = resume(20_000, 10_000);
+        assert!(matches!(r.step(30_000, || Some(30_000)).0, ResumeStep::Read));
+    }
 }
