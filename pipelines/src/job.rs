@@ -338,20 +338,18 @@ fn run_worker(
         let windows = observations
             .window_aggregate(table, size)
             .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()));
-        let mut items = windows.clone().map(SinkItem::Aggregates).concat(side);
-        if let Some(config) = groups {
-            let closed = ProbeHandle::new();
-            let windows = windows.probe_with(&closed);
-            let updates = registry_updates(scope, registry_inputs, closed);
-            let closed_by_data = metrics.data_watermark();
-            items = items.concat(operators::groups::fleet_metrics(
-                windows,
-                updates,
-                config,
-                closed_by_data,
-                restored_agents,
-            ));
-        }
+        let items = match groups {
+            None => windows.map(SinkItem::Aggregates).concat(side),
+            Some(config) => {
+                let (windows, parts) = operators::groups::dataflow::with_vm_parts(windows, &config);
+                let closed = ProbeHandle::new();
+                let parts = parts.probe_with(&closed);
+                let updates = registry_updates(scope, registry_inputs, closed);
+                let closed_by_data = metrics.data_watermark();
+                let fleet = operators::groups::fleet_metrics(parts, updates, config, closed_by_data, restored_agents);
+                windows.map(SinkItem::Aggregates).concat(side).concat(fleet)
+            }
+        };
         lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);
     });
 

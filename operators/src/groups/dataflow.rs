@@ -37,7 +37,7 @@ use crate::registry::RegistryUpdate;
 use crate::window::Time;
 
 /// One VM's partial in one window, from one worker: `(key, tags, window_start, partial)`.
-type Part = (String, AgentTags, i64, VmPartial);
+pub type Part = (String, AgentTags, i64, VmPartial);
 
 /// Group key: `(level, group_id, window_start)`.
 type GroupKey = (Level, String, i64);
@@ -45,21 +45,50 @@ type GroupKey = (Level, String, i64);
 /// A ranking row: `(order, rank, group_id, value)`.
 type RankValue = (String, u32, String, F64);
 
-/// Builds the fleet metrics of window aggregates and registry updates. `closed_by_data` tells
+/// Passes window batches on (moved, not copied) and, beside them, each VM's partial of each
+/// window: the input of [`fleet_metrics`].
+pub fn with_vm_parts<'scope>(
+    windows: Stream<'scope, Time, Vec<WindowBatch>>,
+    config: &GroupsConfig,
+) -> (Stream<'scope, Time, Vec<WindowBatch>>, Stream<'scope, Time, Vec<Part>>) {
+    let config = config.clone();
+    let mut builder = OperatorBuilder::new("VmParts".to_owned(), windows.scope());
+    let mut input = builder.new_input(windows, Pipeline);
+    let (batches_out, batches) = builder.new_output::<Vec<WindowBatch>>();
+    let (parts_out, parts) = builder.new_output::<Vec<Part>>();
+    let mut batches_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<WindowBatch>>>::from(batches_out);
+    let mut parts_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<Part>>>::from(parts_out);
+    builder.build(move |_caps| {
+        move |_frontiers| {
+            let mut batches_out = batches_out.activate();
+            let mut parts_out = parts_out.activate();
+            input.for_each(|cap, data| {
+                let batch_cap = cap.delayed(cap.least().expect("a time"), 0);
+                let parts_cap = cap.delayed(cap.least().expect("a time"), 1);
+                let mut parts_session = parts_out.session(&parts_cap);
+                for batch in data.iter() {
+                    parts_session.give_iterator(vm_partials(batch, &config).into_iter());
+                }
+                batches_out.session(&batch_cap).give_container(data);
+            });
+        }
+    });
+    (batches, parts)
+}
+
+/// Builds the fleet metrics of VMs' window partials and registry updates. `closed_by_data` tells
 /// the watermark the data has reached (ns): when the input ends, windows after it were closed by
 /// the end, not by the watermark, and their silence makes no agent unhealthy. `restored` is the
 /// agents' last state recorded by a previous run (see [`Agents::restore`]); each worker keeps the
 /// agents it owns.
 pub fn fleet_metrics<'scope>(
-    windows: Stream<'scope, Time, Vec<WindowBatch>>,
+    parts: Stream<'scope, Time, Vec<Part>>,
     updates: Stream<'scope, Time, Vec<RegistryUpdate>>,
     config: GroupsConfig,
     closed_by_data: Arc<dyn Fn() -> i64 + Send + Sync>,
     restored: Arc<Vec<AgentRow>>,
 ) -> Stream<'scope, Time, Vec<SinkItem>> {
     let size = config.window;
-    let part_config = config.clone();
-    let parts: Stream<'scope, Time, Vec<Part>> = windows.flat_map(move |batch| vm_partials(&batch, &part_config));
 
     // Registry and health, each agent on the worker its key hashes to. The registry updates'
     // input is not connected to the output: its source never holds windows back.

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use proptest::prelude::*;
 use timely::dataflow::operators::{Input, Inspect, Probe};
 
+use super::dataflow::with_vm_parts;
 use super::reference::{expected, RawPoint};
 use super::{fleet_metrics, CustomMetric, GroupsConfig, OverVms, PerVm};
 use crate::aggregate::Agg;
@@ -72,7 +73,8 @@ fn run(points: Vec<RawPoint>, registry: Vec<RegistryUpdate>, closed_until: i64) 
         let (mut windows, mut updates) = worker.dataflow::<u64, _, _>(|scope| {
             let (windows, w) = scope.new_input::<Vec<WindowBatch>>();
             let (updates, u) = scope.new_input::<Vec<RegistryUpdate>>();
-            fleet_metrics(w, u, config(), Arc::new(move || closed_until), Arc::default())
+            let (_, parts) = with_vm_parts(w, &config());
+            fleet_metrics(parts, u, config(), Arc::new(move || closed_until), Arc::default())
                 .inspect(move |item| out.lock().unwrap().push(item.clone()))
                 .probe_with(&probe);
             (windows, updates)
