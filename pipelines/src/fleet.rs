@@ -7,8 +7,10 @@
 //! if later), and the source never holds the windows back. When the windows' frontier is empty
 //! the job is over and the source stops.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use operators::model::SinkItem;
 use operators::registry::{RegistryFile, RegistryUpdate};
 use operators::window::Time;
 use timely::container::CapacityContainerBuilder;
@@ -17,6 +19,7 @@ use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, Stream};
 
+use crate::metrics::JobMetrics;
 use crate::source::registry::RegistryTopic;
 
 /// How often the source looks at the file, the topic and the windows' frontier.
@@ -31,22 +34,28 @@ pub struct RegistryInputs {
     pub reload_interval: Duration,
 }
 
-/// The registry-updates stream. Only the worker given `inputs` reads; the others' streams are empty.
+/// The registry-updates stream, and the topic's messages that are not updates (for `rejects`).
+/// Only the worker given `inputs` reads; the others' streams are empty.
 pub fn registry_updates<'scope>(
     scope: Scope<'scope, Time>,
     inputs: Option<RegistryInputs>,
     windows: ProbeHandle<Time>,
-) -> Stream<'scope, Time, Vec<RegistryUpdate>> {
+    metrics: Arc<JobMetrics>,
+) -> (Stream<'scope, Time, Vec<RegistryUpdate>>, Stream<'scope, Time, Vec<SinkItem>>) {
     let mut builder = OperatorBuilder::new("RegistryUpdates".to_owned(), scope);
     let info = builder.operator_info();
     let activator = scope.activator_for(info.address.clone());
     let (out, stream) = builder.new_output::<Vec<RegistryUpdate>>();
     let mut out = OutputBuilder::<_, CapacityContainerBuilder<Vec<RegistryUpdate>>>::from(out);
+    let (rejects_out, rejects) = builder.new_output::<Vec<SinkItem>>();
+    let mut rejects_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<SinkItem>>>::from(rejects_out);
     builder.build(move |mut caps| {
+        let mut reject_cap = caps.pop();
         let mut cap = caps.pop();
         let mut inputs = inputs;
         if inputs.is_none() {
             cap = None;
+            reject_cap = None;
         }
         let mut last_reload: Option<Instant> = None;
         activator.activate();
@@ -66,6 +75,7 @@ pub fn registry_updates<'scope>(
                     }
                 }
             }
+            let mut rejected = Vec::new();
             if let Some(topic) = inputs.topic.as_mut() {
                 for u in topic.poll() {
                     match u {
@@ -73,6 +83,11 @@ pub fn registry_updates<'scope>(
                         Err(e) => eprintln!("dragonflow: registry topic: {e}"),
                     }
                 }
+                rejected = topic.take_rejects();
+            }
+            if let (false, Some(rc)) = (rejected.is_empty(), reject_cap.as_ref()) {
+                metrics.rejects.fetch_add(rejected.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                rejects_out.activate().session(rc).give(SinkItem::Rejects(rejected));
             }
             if !updates.is_empty() {
                 let mut handle = out.activate();
@@ -83,13 +98,21 @@ pub fn registry_updates<'scope>(
                     if *c.time() < low {
                         c.downgrade(&low);
                     }
+                    if let Some(rc) = reject_cap.as_mut() {
+                        if *rc.time() < low {
+                            rc.downgrade(&low);
+                        }
+                    }
                     activator.activate_after(POLL);
                 }
-                None => cap = None,
+                None => {
+                    cap = None;
+                    reject_cap = None;
+                }
             }
         }
     });
-    stream
+    (stream, rejects)
 }
 
 /// Reads the registry file once, for a job about to start: a file that cannot be read or parsed

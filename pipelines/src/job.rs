@@ -344,10 +344,10 @@ fn run_worker(
                 let (windows, parts) = operators::groups::dataflow::with_vm_parts(windows, &config);
                 let closed = ProbeHandle::new();
                 let parts = parts.probe_with(&closed);
-                let updates = registry_updates(scope, registry_inputs, closed);
+                let (updates, registry_rejects) = registry_updates(scope, registry_inputs, closed, metrics.clone());
                 let closed_by_data = metrics.data_watermark();
                 let fleet = operators::groups::fleet_metrics(parts, updates, config, closed_by_data, restored_agents);
-                windows.map(SinkItem::Aggregates).concat(side).concat(fleet)
+                windows.map(SinkItem::Aggregates).concat(side).concat(registry_rejects).concat(fleet)
             }
         };
         lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);

@@ -170,7 +170,13 @@ fn registry_topic_moves_a_vm_and_removes_an_agent() {
     produce(
         &brokers,
         &registry_topic,
-        &[update(removed, Some(&removed_record)), update(moved, Some(&record)), update(removed, None)],
+        &[
+            update(removed, Some(&removed_record)),
+            update(moved, Some(&record)),
+            update(removed, None),
+            // Not a registry update: kept in `rejects` with the reason, the rest goes on.
+            Msg { key: "ns-x/mcis-x/vm-x/aws".into(), value: Some(b"{\"vcpu\": ".to_vec()), partition: None },
+        ],
     );
     produce(&brokers, &metrics_topic, &metrics(&agents));
 
@@ -217,6 +223,11 @@ fn registry_topic_moves_a_vm_and_removes_an_agent() {
             && r["vcpu"] == "2.0"),
         "no row of the moved VM's new record: {history:?}"
     );
+    let rejects = sql_rows(&lake, "SELECT source, reason, payload FROM rejects");
+    assert_eq!(rejects.len(), 1, "{rejects:?}");
+    assert_eq!(rejects[0]["source"], registry_topic);
+    assert!(rejects[0]["reason"].starts_with("registry update:") && rejects[0]["payload"] == "{\"vcpu\": ");
+
     // The tombstone removed the agent; it reports on, so it is registered again, but the removal
     // is in the history.
     assert!(

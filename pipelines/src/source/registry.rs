@@ -19,6 +19,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use rustc_hash::FxHashMap;
 
+use operators::model::{Origin, RejectRow};
+
 use crate::spec::KafkaSource;
 
 /// Most messages one call to [`RegistryTopic::poll`] reads.
@@ -46,6 +48,8 @@ pub struct RegistryTopic {
     errors: u64,
     /// The last metadata error reported, so that it is not reported at every try.
     metadata_error: Option<String>,
+    /// Messages that are not registry updates, for the `rejects` table.
+    rejects: Vec<RejectRow>,
 }
 
 impl RegistryTopic {
@@ -83,7 +87,13 @@ impl RegistryTopic {
             next_metadata: Instant::now(),
             errors: 0,
             metadata_error: None,
+            rejects: Vec::new(),
         })
+    }
+
+    /// The messages read so far that were not registry updates, with the reason.
+    pub fn take_rejects(&mut self) -> Vec<RejectRow> {
+        std::mem::take(&mut self.rejects)
     }
 
     pub fn topic(&self) -> &str {
@@ -124,10 +134,16 @@ impl RegistryTopic {
                         continue;
                     }
                     *next = Some(offset + 1);
-                    out.push(
-                        parse_registry_message(msg.key(), msg.payload())
-                            .map_err(|e| format!("registry topic {}/{partition} offset {offset}: {e}", self.topic)),
-                    );
+                    match parse_registry_message(msg.key(), msg.payload()) {
+                        Ok(update) => out.push(Ok(update)),
+                        // Kept with the reason, like any input that cannot be used.
+                        Err(e) => self.rejects.push(RejectRow::new(
+                            Origin { source: self.topic.as_str().into(), partition, position: offset },
+                            format!("registry update: {e}"),
+                            msg.payload().unwrap_or_default(),
+                            super::wall_ns(),
+                        )),
+                    }
                 }
             }
         }
