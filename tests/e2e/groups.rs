@@ -126,19 +126,13 @@ fn record_of(
     cost: Option<f64>,
 ) -> AgentRecord {
     AgentRecord {
-        key: tags.key(),
-        ns_id: tags.ns_id.to_string(),
-        mcis_id: tags.mcis_id.to_string(),
-        vm_id: tags.vm_id.to_string(),
-        csp_type: tags.csp_type.to_string(),
-        os_type: tags.os_type.to_string(),
         mechanism: Mechanism::Push,
         public_ip: public_ip.to_string(),
         state: AgentState::Enable,
         vcpu,
         memory_gib,
         cost_per_hour: cost,
-        pull_url: None,
+        ..AgentRecord::from_tags(tags)
     }
 }
 
