@@ -223,9 +223,10 @@ impl Agents {
         }
     }
 
-    /// Processes sightings and timers the frontier has passed. `ended`: the windows' input ended,
-    /// and every sighting is processed, and only timers of windows the data's watermark
-    /// closed (`closed_by_data`, ns) fire — the windows the end of the input closed are not silence.
+    /// Processes sightings and timers the frontier has passed (`ended`: the windows' input ended,
+    /// and everything left is processed). Only timers of windows the data's watermark closed
+    /// (`closed_by_data`, ns) fire: windows that a graceful stop or the end of the input closed
+    /// are not silence.
     pub fn advance(
         &mut self,
         frontier: &MutableAntichain<Time>,
@@ -259,7 +260,9 @@ impl Agents {
                 }
                 1 => {
                     let keys = self.timers.remove(&t).unwrap_or_default();
-                    if !ended || t as i64 <= closed_by_data {
+                    // Only windows the data's watermark closed count as silence: not those a
+                    // stop or the end of the input closed.
+                    if t as i64 <= closed_by_data {
                         for key in keys {
                             self.silent(&key, t, out);
                         }

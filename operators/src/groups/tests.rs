@@ -64,17 +64,29 @@ fn batches(points: &[RawPoint], peers: usize, index: usize) -> Vec<WindowBatch> 
 
 /// Runs the dataflow on two workers; windows up to `closed_until` close while the input runs.
 fn run(points: Vec<RawPoint>, registry: Vec<RegistryUpdate>, closed_until: i64) -> Vec<SinkItem> {
+    run_restored(points, registry, closed_until, Vec::new())
+}
+
+/// As [`run`], starting from the agents' state of a previous run.
+fn run_restored(
+    points: Vec<RawPoint>,
+    registry: Vec<RegistryUpdate>,
+    closed_until: i64,
+    restored: Vec<crate::model::AgentRow>,
+) -> Vec<SinkItem> {
+    let restored = Arc::new(restored);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let out = seen.clone();
     timely::execute(timely::Config::process(2), move |worker| {
         let (index, peers) = (worker.index(), worker.peers());
         let out = out.clone();
+        let restored = restored.clone();
         let probe = timely::dataflow::ProbeHandle::new();
         let (mut windows, mut updates) = worker.dataflow::<u64, _, _>(|scope| {
             let (windows, w) = scope.new_input::<Vec<WindowBatch>>();
             let (updates, u) = scope.new_input::<Vec<RegistryUpdate>>();
             let (_, parts) = with_vm_parts(w, &config());
-            fleet_metrics(parts, u, config(), Arc::new(move || closed_until), Arc::default())
+            fleet_metrics(parts, u, config(), Arc::new(move || closed_until), restored)
                 .inspect(move |item| out.lock().unwrap().push(item.clone()))
                 .probe_with(&probe);
             (windows, updates)
@@ -282,4 +294,35 @@ fn a_removal_superseded_within_its_window_does_not_stop_health() {
         RegistryUpdate { key, time: Some(SIZE + SIZE / 2), record: None },
     ];
     check(run(points.clone(), registry.clone(), 3 * SIZE), &points, &registry, 3 * SIZE);
+}
+
+#[test]
+fn a_restored_agent_that_reports_on_stays_healthy() {
+    // A previous run saw every agent up to the window at 30 s; this run recomputes from 40 s.
+    let mut points = Vec::new();
+    for w in 4..12 {
+        for a in 0..4 {
+            points.extend(window_points(a, w * SIZE, &[50.0, 40.0, 1e4, 1e6, 1e4, 10.0], 4));
+        }
+    }
+    let restored = (0..4)
+        .map(|a| crate::model::AgentRow {
+            time: 3 * SIZE,
+            record: AgentRecord::from_tags(&tags(a)),
+            first_seen: Some(0),
+            last_seen: Some(3 * SIZE),
+            health: "healthy".into(),
+            deleted: false,
+        })
+        .collect();
+    let items = run_restored(points, Vec::new(), 12 * SIZE, restored);
+    let health: Vec<HealthRow> = items
+        .into_iter()
+        .filter_map(|i| match i {
+            SinkItem::Health(h) => Some(h),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(health.is_empty(), "no change of health: {health:?}");
 }
