@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::{GroupsConfig, Level, OverVms, PerVm};
 use crate::aggregate::Agg;
 use crate::model::SeriesKey;
-use crate::registry::{AgentRecord, AgentState};
+use crate::registry::AgentRecord;
 
 /// An `f64` with a total order (`f64::total_cmp`), so that it can live in differential collections.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -238,7 +238,8 @@ impl VmPartial {
     }
 }
 
-/// The part of a registry record that group metrics use.
+/// The part of a registry record that group metrics use (a change elsewhere, such as the
+/// agent's state, changes no group result and so moves nothing through the join).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Member {
     pub ns_id: String,
@@ -250,7 +251,6 @@ pub struct Member {
     pub vcpu: Option<F64>,
     pub memory_gib: Option<F64>,
     pub cost_per_hour: Option<F64>,
-    pub enabled: bool,
 }
 
 impl Member {
@@ -265,7 +265,6 @@ impl Member {
             vcpu: r.vcpu.map(F64),
             memory_gib: r.memory_gib.map(F64),
             cost_per_hour: r.cost_per_hour.map(F64),
-            enabled: r.state == AgentState::Enable,
         }
     }
 
