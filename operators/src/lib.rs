@@ -10,8 +10,10 @@
 //! - [`groups`]: the agent registry, agent health, group metrics and rankings (differential dataflow).
 //! - [`registry`]: the agent registry's records.
 //! - [`checkpoint`]: per-partition bookkeeping that lets a replayable source resume exactly.
+//! - [`alarm`]: the per-(rule, target) alarm state machine: OK, WARNING, CRITICAL, NODATA, with hysteresis.
 
 pub mod aggregate;
+pub mod alarm;
 pub mod checkpoint;
 pub mod decode;
 pub mod groups;
