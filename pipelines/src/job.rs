@@ -101,6 +101,13 @@ pub fn run_job(
     metrics: Arc<JobMetrics>,
 ) -> Result<JobReport, JobError> {
     spec.validate().map_err(|e| JobError::Source(e.to_string()))?;
+    if !spec.alarms.is_empty() {
+        // The rules and handlers are validated, but jobs do not evaluate them yet: refusing is
+        // better than a job that silently raises nothing.
+        return Err(JobError::Source(
+            "alarm: jobs do not evaluate alarm rules yet; remove the [[alarm]] sections".into(),
+        ));
+    }
     let spec_source = spec.source.clone();
     if let SourceSpec::File(f) = &spec.source {
         // Fail before starting workers, with the path in the message.

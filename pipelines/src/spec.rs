@@ -38,6 +38,12 @@ pub struct JobSpec {
     /// Which fields are cumulative counters (they get a rate per window).
     #[serde(default)]
     pub counters: CountersSpec,
+    /// `[[alarm]]`: warning/critical rules on window results.
+    #[serde(default, rename = "alarm")]
+    pub alarms: Vec<AlarmSpec>,
+    /// `[[handler]]`: where alarm events are delivered.
+    #[serde(default, rename = "handler")]
+    pub handlers: Vec<HandlerSpec>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -335,7 +341,7 @@ pub enum SinkSpec {
 }
 
 /// InfluxDB 1.x: one point per (agent, measurement, instance, window).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct InfluxSink {
     pub url: String,
     pub database: String,
@@ -353,6 +359,25 @@ pub struct InfluxSink {
     pub flush_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub retry_for: Duration,
+}
+
+/// The password is never printed.
+impl std::fmt::Debug for InfluxSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InfluxSink")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("retention_policy", &self.retention_policy)
+            .field("retention", &self.retention)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("batch_lines", &self.batch_lines)
+            .field("gzip", &self.gzip)
+            .field("timeout", &self.timeout)
+            .field("flush_interval", &self.flush_interval)
+            .field("retry_for", &self.retry_for)
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -529,6 +554,482 @@ impl TryFrom<RawSink> for SinkSpec {
     }
 }
 
+/// How a rule compares the watched value with a threshold: `value <comparison> threshold` breaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Comparison {
+    Gt,
+    Ge,
+    Lt,
+    Le,
+    Eq,
+    Ne,
+}
+
+impl Comparison {
+    pub const ALL: [Comparison; 6] =
+        [Comparison::Gt, Comparison::Ge, Comparison::Lt, Comparison::Le, Comparison::Eq, Comparison::Ne];
+
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Comparison::Gt => ">",
+            Comparison::Ge => ">=",
+            Comparison::Lt => "<",
+            Comparison::Le => "<=",
+            Comparison::Eq => "==",
+            Comparison::Ne => "!=",
+        }
+    }
+
+    /// Whether `value` breaches `threshold`.
+    pub fn breaches(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Comparison::Gt => value > threshold,
+            Comparison::Ge => value >= threshold,
+            Comparison::Lt => value < threshold,
+            Comparison::Le => value <= threshold,
+            Comparison::Eq => value == threshold,
+            Comparison::Ne => value != threshold,
+        }
+    }
+}
+
+impl std::fmt::Display for Comparison {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.symbol())
+    }
+}
+
+impl std::str::FromStr for Comparison {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Comparison::ALL
+            .into_iter()
+            .find(|c| c.symbol() == s)
+            .ok_or_else(|| r#"expected one of ">", ">=", "<", "<=", "==", "!=""#.to_string())
+    }
+}
+
+impl Serialize for Comparison {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.symbol())
+    }
+}
+
+impl<'de> Deserialize<'de> for Comparison {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How a rule's series are reduced to one value per window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmAggregate {
+    Mean,
+    Min,
+    Max,
+    Last,
+    Count,
+    Rate,
+}
+
+/// What a rule watches: one VM, one group of a level, or everything it applies to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlarmTarget {
+    Vm,
+    Mcis,
+    Ns,
+    Csp,
+    #[default]
+    All,
+}
+
+impl AlarmTarget {
+    /// The group level of a group target; `None` for `vm` and `all`.
+    pub fn level(self) -> Option<Level> {
+        match self {
+            AlarmTarget::Mcis => Some(Level::Mcis),
+            AlarmTarget::Ns => Some(Level::Ns),
+            AlarmTarget::Csp => Some(Level::Csp),
+            AlarmTarget::Vm | AlarmTarget::All => None,
+        }
+    }
+}
+
+/// The value a rule watches, serialised flat into its `[[alarm]]`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum AlarmWatch {
+    /// `aggregate` of `measurement.field` per window.
+    Field { measurement: String, field: String, aggregate: AlarmAggregate },
+    /// A group metric of `level`: a built-in one or a `[[groups.metric]]`.
+    Group { level: Level, metric: String },
+}
+
+/// The placeholders a rule's `message` may use.
+pub const ALARM_PLACEHOLDERS: &[&str] = &["rule", "level", "value", "threshold", "target", "window_end"];
+
+/// The `message` of a rule that gives none.
+pub const DEFAULT_ALARM_MESSAGE: &str = "{rule} {level}: {target} {value} (threshold {threshold}) at {window_end}";
+
+/// One `[[alarm]]`: a warning and/or critical threshold on a watched value, per target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawAlarm")]
+pub struct AlarmSpec {
+    /// Unique among the rules.
+    pub name: String,
+    #[serde(flatten)]
+    pub watch: AlarmWatch,
+    /// Default `all`.
+    pub target: AlarmTarget,
+    /// One VM or group of `target` only.
+    pub target_id: Option<String>,
+    pub comparison: Comparison,
+    pub warn: Option<f64>,
+    pub crit: Option<f64>,
+    /// Consecutive breaching windows before WARNING is raised; default 1.
+    pub warn_windows: u32,
+    /// Consecutive breaching windows before CRITICAL is raised; default 1.
+    pub crit_windows: u32,
+    /// WARNING falls only once the value is past this (on the non-breaching side of `warn`).
+    pub warn_reset: Option<f64>,
+    /// CRITICAL falls only once the value is past this (on the non-breaching side of `crit`).
+    pub crit_reset: Option<f64>,
+    /// Names of `[[handler]]`s; default none (events are still logged).
+    pub handlers: Vec<String>,
+    /// A template over [`ALARM_PLACEHOLDERS`]; default [`DEFAULT_ALARM_MESSAGE`].
+    pub message: String,
+    /// Silent windows before a target gets `NODATA`; `None`: `registry.unhealthy_after`.
+    pub nodata_after: Option<u32>,
+}
+
+impl AlarmSpec {
+    /// Silent windows before a target gets `NODATA`.
+    pub fn nodata_windows(&self, registry: &RegistrySpec) -> u32 {
+        self.nodata_after.unwrap_or(registry.unhealthy_after)
+    }
+}
+
+/// Every rule field in one flat struct (see [`RawSource`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlarm {
+    name: String,
+    measurement: Option<String>,
+    field: Option<String>,
+    aggregate: Option<AlarmAggregate>,
+    level: Option<Level>,
+    metric: Option<String>,
+    #[serde(default)]
+    target: AlarmTarget,
+    target_id: Option<String>,
+    comparison: Comparison,
+    warn: Option<f64>,
+    crit: Option<f64>,
+    warn_windows: Option<u32>,
+    crit_windows: Option<u32>,
+    warn_reset: Option<f64>,
+    crit_reset: Option<f64>,
+    #[serde(default)]
+    handlers: Vec<String>,
+    message: Option<String>,
+    nodata_after: Option<u32>,
+}
+
+impl TryFrom<RawAlarm> for AlarmSpec {
+    type Error = String;
+    fn try_from(r: RawAlarm) -> Result<Self, String> {
+        let by_field = [
+            ("measurement", r.measurement.is_some()),
+            ("field", r.field.is_some()),
+            ("aggregate", r.aggregate.is_some()),
+        ];
+        let by_group = [("level", r.level.is_some()), ("metric", r.metric.is_some())];
+        let watch = match (by_field.iter().any(|f| f.1), by_group.iter().find(|f| f.1)) {
+            (true, Some((name, _))) => {
+                return Err(at(
+                    name,
+                    "give either `measurement`, `field` and `aggregate`, or `level` and `metric`, not both",
+                ))
+            }
+            (false, None) => return Err(at(
+                "measurement",
+                "missing: expected `measurement`, `field` and `aggregate`, or a group metric's `level` and `metric`",
+            )),
+            (true, None) => AlarmWatch::Field {
+                measurement: r
+                    .measurement
+                    .ok_or_else(|| at("measurement", "missing: expected a measurement, e.g. \"cpu\""))?,
+                field: r.field.ok_or_else(|| at("field", "missing: expected a field, e.g. \"usage_user\""))?,
+                aggregate: r
+                    .aggregate
+                    .ok_or_else(|| at("aggregate", "missing: expected mean, min, max, last, count or rate"))?,
+            },
+            (false, Some(_)) => AlarmWatch::Group {
+                level: r.level.ok_or_else(|| at("level", "missing: expected ns, mcis, csp or os"))?,
+                metric: r
+                    .metric
+                    .ok_or_else(|| at("metric", "missing: expected a group metric, e.g. \"cpu_util_mean\""))?,
+            },
+        };
+        Ok(AlarmSpec {
+            name: r.name,
+            watch,
+            target: r.target,
+            target_id: r.target_id,
+            comparison: r.comparison,
+            warn: r.warn,
+            crit: r.crit,
+            warn_windows: r.warn_windows.unwrap_or(1),
+            crit_windows: r.crit_windows.unwrap_or(1),
+            warn_reset: r.warn_reset,
+            crit_reset: r.crit_reset,
+            handlers: r.handlers,
+            message: r.message.unwrap_or_else(|| DEFAULT_ALARM_MESSAGE.into()),
+            nodata_after: r.nodata_after,
+        })
+    }
+}
+
+/// Shown in place of a secret.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A URL without what may carry a token (user info, path, query): `https://hooks.slack.com/…`.
+struct Origin<'a>(&'a str);
+
+impl std::fmt::Debug for Origin<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", self.0));
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let more = if end < rest.len() || host.len() < authority.len() { "/…" } else { "" };
+        write!(f, "\"{scheme}://{host}{more}\"")
+    }
+}
+
+/// One `[[handler]]`: where alarm events are delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawHandler")]
+pub struct HandlerSpec {
+    /// Unique among the handlers; rules name it in `handlers`.
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: HandlerKind,
+    /// One delivery attempt; default 10s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts after the first; default 3.
+    pub retries: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum HandlerKind {
+    Slack(SlackHandler),
+    Smtp(SmtpHandler),
+    Webhook(WebhookHandler),
+}
+
+/// A Slack incoming webhook. Debug output shows only the URL's origin (the path is the token).
+#[derive(Clone, PartialEq, Serialize)]
+pub struct SlackHandler {
+    pub url: String,
+    pub channel: Option<String>,
+    pub username: Option<String>,
+}
+
+impl std::fmt::Debug for SlackHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlackHandler")
+            .field("url", &Origin(&self.url))
+            .field("channel", &self.channel)
+            .field("username", &self.username)
+            .finish()
+    }
+}
+
+/// How an SMTP connection is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain text.
+    #[default]
+    None,
+    /// Plain text upgraded with STARTTLS.
+    Starttls,
+    /// TLS from the start (SMTPS).
+    Tls,
+}
+
+impl SmtpTls {
+    /// The port used when `port` is absent: 25, 587 (STARTTLS) or 465 (TLS).
+    pub fn default_port(self) -> u16 {
+        match self {
+            SmtpTls::None => 25,
+            SmtpTls::Starttls => 587,
+            SmtpTls::Tls => 465,
+        }
+    }
+}
+
+/// Mail through an SMTP server. The password is never serialised and Debug output hides it.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct SmtpHandler {
+    pub host: String,
+    /// Default [`SmtpTls::default_port`].
+    pub port: u16,
+    pub from: String,
+    pub to: Vec<String>,
+    pub username: Option<String>,
+    /// Never serialised back out.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    pub tls: SmtpTls,
+}
+
+impl std::fmt::Debug for SmtpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpHandler")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| Redacted))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// The event as JSON, POSTed to `url`. Header values (often credentials) are never serialised,
+/// and Debug output shows only the header names and the URL's origin.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct WebhookHandler {
+    pub url: String,
+    /// Never serialised back out.
+    #[serde(skip_serializing)]
+    pub headers: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for WebhookHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        struct Headers<'a>(&'a std::collections::BTreeMap<String, String>);
+        impl std::fmt::Debug for Headers<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_map().entries(self.0.keys().map(|k| (k, Redacted))).finish()
+            }
+        }
+        f.debug_struct("WebhookHandler")
+            .field("url", &Origin(&self.url))
+            .field("headers", &Headers(&self.headers))
+            .finish()
+    }
+}
+
+fn default_handler_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum HandlerType {
+    Slack,
+    Smtp,
+    Webhook,
+}
+
+/// Every handler field in one flat struct (see [`RawSource`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandler {
+    name: String,
+    kind: HandlerType,
+    url: Option<String>,
+    channel: Option<String>,
+    username: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    from: Option<String>,
+    to: Option<Vec<String>>,
+    password: Option<String>,
+    tls: Option<SmtpTls>,
+    headers: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, with = "humantime_serde::option")]
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+}
+
+impl TryFrom<RawHandler> for HandlerSpec {
+    type Error = String;
+    fn try_from(r: RawHandler) -> Result<Self, String> {
+        let kind = match r.kind {
+            HandlerType::Slack => {
+                not_for(
+                    "slack",
+                    &[
+                        ("host", r.host.is_some()),
+                        ("port", r.port.is_some()),
+                        ("from", r.from.is_some()),
+                        ("to", r.to.is_some()),
+                        ("password", r.password.is_some()),
+                        ("tls", r.tls.is_some()),
+                        ("headers", r.headers.is_some()),
+                    ],
+                )?;
+                let url = r.url.ok_or_else(|| at("url", "missing: expected \"https://hooks.slack.com/services/…\""))?;
+                HandlerKind::Slack(SlackHandler { url, channel: r.channel, username: r.username })
+            }
+            HandlerType::Smtp => {
+                not_for(
+                    "smtp",
+                    &[("url", r.url.is_some()), ("channel", r.channel.is_some()), ("headers", r.headers.is_some())],
+                )?;
+                let tls = r.tls.unwrap_or_default();
+                HandlerKind::Smtp(SmtpHandler {
+                    host: r.host.ok_or_else(|| at("host", "missing: expected the SMTP server's host name"))?,
+                    port: r.port.unwrap_or(tls.default_port()),
+                    from: r.from.ok_or_else(|| at("from", "missing: expected the sender's address"))?,
+                    to: r.to.ok_or_else(|| at("to", "missing: expected a list of recipients' addresses"))?,
+                    username: r.username,
+                    password: r.password,
+                    tls,
+                })
+            }
+            HandlerType::Webhook => {
+                not_for(
+                    "webhook",
+                    &[
+                        ("channel", r.channel.is_some()),
+                        ("username", r.username.is_some()),
+                        ("host", r.host.is_some()),
+                        ("port", r.port.is_some()),
+                        ("from", r.from.is_some()),
+                        ("to", r.to.is_some()),
+                        ("password", r.password.is_some()),
+                        ("tls", r.tls.is_some()),
+                    ],
+                )?;
+                let url = r.url.ok_or_else(|| at("url", "missing: expected \"http(s)://host/path\""))?;
+                HandlerKind::Webhook(WebhookHandler { url, headers: r.headers.unwrap_or_default() })
+            }
+        };
+        Ok(HandlerSpec {
+            name: r.name,
+            kind,
+            timeout: r.timeout.unwrap_or_else(default_handler_timeout),
+            retries: r.retries.unwrap_or(3),
+        })
+    }
+}
+
 /// A spec that was refused: which field, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid job spec: `{field}`: {message}")]
@@ -676,7 +1177,9 @@ impl JobSpec {
         }
         self.validate_counters()?;
         self.validate_groups()?;
-        self.validate_registry()
+        self.validate_registry()?;
+        self.validate_handlers()?;
+        self.validate_alarms()
     }
 
     fn validate_counters(&self) -> Result<(), SpecError> {
@@ -724,6 +1227,211 @@ impl JobSpec {
             }
             if m.field.is_empty() {
                 return Err(SpecError::new(at("field"), "expected a field of the measurement"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_handlers(&self) -> Result<(), SpecError> {
+        for (i, h) in self.handlers.iter().enumerate() {
+            let at = |field: &str| format!("handler[{i}].{field}");
+            if h.name.trim().is_empty() {
+                return Err(SpecError::new(at("name"), "expected a handler name, e.g. \"ops-slack\""));
+            }
+            if let Some(j) = self.handlers[..i].iter().position(|o| o.name == h.name) {
+                return Err(SpecError::new(at("name"), format!("{:?} is already the name of handler[{j}]", h.name)));
+            }
+            if h.timeout.is_zero() {
+                return Err(SpecError::new(at("timeout"), "expected a positive duration, e.g. \"10s\""));
+            }
+            let optional_name = |field: &str, value: &Option<String>| match value {
+                Some(v) if v.trim().is_empty() => Err(SpecError::new(at(field), "expected a name (or leave it out)")),
+                _ => Ok(()),
+            };
+            match &h.kind {
+                HandlerKind::Slack(s) => {
+                    if !is_http_url(&s.url) {
+                        return Err(SpecError::new(at("url"), "expected \"https://hooks.slack.com/services/…\""));
+                    }
+                    optional_name("channel", &s.channel)?;
+                    optional_name("username", &s.username)?;
+                }
+                HandlerKind::Smtp(s) => {
+                    if s.host.is_empty() || s.host.contains(|c: char| c.is_whitespace() || c == '/') {
+                        return Err(SpecError::new(
+                            at("host"),
+                            "expected the SMTP server's host name, e.g. \"smtp.example.com\"",
+                        ));
+                    }
+                    if s.port == 0 {
+                        return Err(SpecError::new(at("port"), "expected a port from 1 to 65535"));
+                    }
+                    if !is_mail_address(&s.from) {
+                        return Err(SpecError::new(at("from"), "expected an address like \"alarms@example.com\""));
+                    }
+                    if s.to.is_empty() {
+                        return Err(SpecError::new(at("to"), "expected at least one recipient"));
+                    }
+                    if let Some(k) = s.to.iter().position(|a| !is_mail_address(a)) {
+                        return Err(SpecError::new(
+                            format!("handler[{i}].to[{k}]"),
+                            "expected an address like \"ops@example.com\"",
+                        ));
+                    }
+                    optional_name("username", &s.username)?;
+                    // A username alone is kept: a serialised spec carries no password.
+                    if s.password.is_some() && s.username.is_none() {
+                        return Err(SpecError::new(at("username"), "missing: `password` needs a `username`"));
+                    }
+                }
+                HandlerKind::Webhook(w) => {
+                    if !is_http_url(&w.url) {
+                        return Err(SpecError::new(at("url"), "expected \"http(s)://host/path\""));
+                    }
+                    for (name, value) in &w.headers {
+                        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                        if name.is_empty() || !name.chars().all(token) {
+                            return Err(SpecError::new(at("headers"), format!("{name:?} is not a header name")));
+                        }
+                        // The value is a secret: the message names the header only.
+                        if value.contains(['\r', '\n', '\0']) {
+                            return Err(SpecError::new(
+                                at("headers"),
+                                format!("the value of {name:?} contains a line break"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_alarms(&self) -> Result<(), SpecError> {
+        for (i, a) in self.alarms.iter().enumerate() {
+            let at = |field: &str| format!("alarm[{i}].{field}");
+            if a.name.trim().is_empty() {
+                return Err(SpecError::new(at("name"), "expected a rule name, e.g. \"cpu_high\""));
+            }
+            if let Some(j) = self.alarms[..i].iter().position(|o| o.name == a.name) {
+                return Err(SpecError::new(at("name"), format!("{:?} is already the name of alarm[{j}]", a.name)));
+            }
+            match &a.watch {
+                AlarmWatch::Field { measurement, field, .. } => {
+                    if measurement.is_empty() {
+                        return Err(SpecError::new(at("measurement"), "expected a measurement, e.g. \"cpu\""));
+                    }
+                    if field.is_empty() {
+                        return Err(SpecError::new(at("field"), "expected a field of the measurement"));
+                    }
+                }
+                AlarmWatch::Group { level, metric } => {
+                    if !self.groups.enabled {
+                        return Err(SpecError::new(
+                            at("level"),
+                            "a rule on a group metric needs groups (groups.enabled is false)",
+                        ));
+                    }
+                    if !self.groups.levels.contains(level) {
+                        return Err(SpecError::new(at("level"), format!("\"{level}\" is not in groups.levels")));
+                    }
+                    if !BUILTIN_METRICS.contains(&metric.as_str())
+                        && !self.groups.metrics.iter().any(|m| m.name == *metric)
+                    {
+                        return Err(SpecError::new(
+                            at("metric"),
+                            format!("{metric:?} is neither a built-in group metric nor a [[groups.metric]]"),
+                        ));
+                    }
+                    if a.target != AlarmTarget::All && a.target.level() != Some(*level) {
+                        return Err(SpecError::new(
+                            at("target"),
+                            format!(
+                                "a rule on a group metric of level \"{level}\" expects target \"{level}\" or \"all\""
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(id) = &a.target_id {
+                if a.target == AlarmTarget::All {
+                    return Err(SpecError::new(at("target_id"), "needs a `target` of vm, mcis, ns or csp"));
+                }
+                if id.trim().is_empty() {
+                    return Err(SpecError::new(at("target_id"), "expected the id of a VM or group (or leave it out)"));
+                }
+            }
+            let c = a.comparison;
+            let numbers =
+                [("warn", a.warn), ("crit", a.crit), ("warn_reset", a.warn_reset), ("crit_reset", a.crit_reset)];
+            if let Some((field, _)) = numbers.iter().find(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
+                return Err(SpecError::new(at(field), "expected a finite number"));
+            }
+            match (a.warn, a.crit) {
+                (None, None) => return Err(SpecError::new(at("warn"), "expected `warn` or `crit` (or both)")),
+                (Some(warn), Some(crit)) => {
+                    let ordered = match c {
+                        Comparison::Gt | Comparison::Ge => crit >= warn,
+                        Comparison::Lt | Comparison::Le => crit <= warn,
+                        Comparison::Eq | Comparison::Ne => true,
+                    };
+                    if !ordered {
+                        let side = if matches!(c, Comparison::Gt | Comparison::Ge) { "at least" } else { "at most" };
+                        return Err(SpecError::new(
+                            at("crit"),
+                            format!("for comparison \"{c}\" crit must be {side} warn ({warn}), got {crit}"),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            if a.warn_windows == 0 {
+                return Err(SpecError::new(at("warn_windows"), "must be at least 1"));
+            }
+            if a.crit_windows == 0 {
+                return Err(SpecError::new(at("crit_windows"), "must be at least 1"));
+            }
+            for (field, reset, threshold, of) in
+                [("warn_reset", a.warn_reset, a.warn, "warn"), ("crit_reset", a.crit_reset, a.crit, "crit")]
+            {
+                let Some(reset) = reset else { continue };
+                let Some(threshold) = threshold else {
+                    return Err(SpecError::new(at(field), format!("needs `{of}`")));
+                };
+                // The level falls once the value is past the reset, so it must lie on the non-breaching side.
+                let side = match c {
+                    Comparison::Gt | Comparison::Ge if reset > threshold => "at or below",
+                    Comparison::Lt | Comparison::Le if reset < threshold => "at or above",
+                    Comparison::Eq | Comparison::Ne => {
+                        return Err(SpecError::new(at(field), format!("a reset does not apply to comparison \"{c}\"")))
+                    }
+                    _ => continue,
+                };
+                return Err(SpecError::new(
+                    at(field),
+                    format!(
+                        "for comparison \"{c}\" the reset must be {side} {of} ({threshold}), its non-breaching side; \
+                         got {reset}"
+                    ),
+                ));
+            }
+            for (k, name) in a.handlers.iter().enumerate() {
+                if !self.handlers.iter().any(|h| h.name == *name) {
+                    return Err(SpecError::new(
+                        format!("alarm[{i}].handlers[{k}]"),
+                        format!("no [[handler]] is named {name:?}"),
+                    ));
+                }
+                if a.handlers[..k].contains(name) {
+                    return Err(SpecError::new(
+                        format!("alarm[{i}].handlers[{k}]"),
+                        format!("{name:?} is listed twice"),
+                    ));
+                }
+            }
+            check_template(&a.message).map_err(|e| SpecError::new(at("message"), e))?;
+            if a.nodata_after == Some(0) {
+                return Err(SpecError::new(at("nodata_after"), "must be at least 1"));
             }
         }
         Ok(())
@@ -830,6 +1538,46 @@ impl JobSpec {
             _ => None,
         })
     }
+}
+
+/// `http://` or `https://` followed by a host.
+fn is_http_url(url: &str) -> bool {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with(['/', '?', '#']) && !r.contains(char::is_whitespace))
+}
+
+/// `local@domain`, optionally as `Name <local@domain>`.
+fn is_mail_address(text: &str) -> bool {
+    let addr = match text.rsplit_once('<') {
+        Some((_, rest)) => match rest.strip_suffix('>') {
+            Some(addr) => addr,
+            None => return false,
+        },
+        None => text,
+    };
+    matches!(addr.split_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty()
+        && !domain.contains('@') && !addr.contains(char::is_whitespace))
+}
+
+/// A rule's message may use only [`ALARM_PLACEHOLDERS`], each as `{name}`.
+fn check_template(template: &str) -> Result<(), String> {
+    if template.trim().is_empty() {
+        return Err(format!("expected a message template, e.g. {DEFAULT_ALARM_MESSAGE:?}"));
+    }
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else { return Err("a `{` is not closed".into()) };
+        let name = &after[..close];
+        if !ALARM_PLACEHOLDERS.contains(&name) {
+            return Err(format!(
+                "unknown placeholder {{{name}}}: expected {}",
+                ALARM_PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
 }
 
 /// A group name as one path component.
@@ -1158,5 +1906,371 @@ fields = ["diskio", "net", "nginx.requests"]
         // A topic the regular expression of the source matches is read as metrics too.
         let regex = full.replace(r#"topics = ["metrics"]"#, r#"topic_regex = "^a.*""#);
         assert_eq!(refused(&regex).field, "registry.topic");
+    }
+
+    const ALARMS: &str = r##"
+[[handler]]
+name = "ops-slack"
+kind = "slack"
+url = "https://hooks.slack.com/services/T0/B0/SLACKTOKEN"
+channel = "#ops"
+username = "dragonflow"
+
+[[handler]]
+name = "ops-mail"
+kind = "smtp"
+host = "smtp.example.com"
+from = "Dragonflow <alarms@example.com>"
+to = ["ops@example.com", "oncall@example.com"]
+username = "alarms"
+password = "hunter2-smtp"
+tls = "starttls"
+timeout = "30s"
+retries = 5
+
+[[handler]]
+name = "hook"
+kind = "webhook"
+url = "https://hooks.example.com/alarms"
+headers = { Authorization = "Bearer s3cret-header" }
+
+[[alarm]]
+name = "cpu_high"
+measurement = "cpu"
+field = "usage_user"
+aggregate = "mean"
+target = "vm"
+comparison = ">"
+warn = 80
+crit = 95
+warn_windows = 2
+crit_windows = 3
+warn_reset = 70
+crit_reset = 90
+handlers = ["ops-slack", "ops-mail", "hook"]
+message = "{rule} is {level} on {target}: {value}"
+nodata_after = 5
+
+[[alarm]]
+name = "mcis_rtt"
+level = "mcis"
+metric = "rtt_ms_mean"
+target = "mcis"
+target_id = "mcis-01"
+comparison = "<"
+crit = 1.5
+
+[[alarm]]
+name = "tps_low"
+level = "os"
+metric = "tps"
+comparison = "<="
+warn = 10
+"##;
+
+    fn alarms_spec() -> String {
+        format!("{KAFKA}{FULL}{ALARMS}")
+    }
+
+    #[test]
+    fn alarms_and_handlers_default() {
+        let spec = JobSpec::parse(GOOD).unwrap();
+        assert!(spec.alarms.is_empty() && spec.handlers.is_empty());
+
+        let text = format!(
+            "{GOOD}{}",
+            r#"
+[[handler]]
+name = "s"
+kind = "slack"
+url = "http://127.0.0.1:9000/slack"
+[[handler]]
+name = "m"
+kind = "smtp"
+host = "localhost"
+from = "a@b"
+to = ["c@d"]
+[[handler]]
+name = "m2"
+kind = "smtp"
+host = "localhost"
+from = "a@b"
+to = ["c@d"]
+tls = "starttls"
+[[handler]]
+name = "m3"
+kind = "smtp"
+host = "localhost"
+from = "a@b"
+to = ["c@d"]
+tls = "tls"
+[[handler]]
+name = "w"
+kind = "webhook"
+url = "http://127.0.0.1:9000/hook"
+[[alarm]]
+name = "r"
+measurement = "cpu"
+field = "usage_user"
+aggregate = "max"
+comparison = ">="
+warn = 90
+"#
+        );
+        let spec = JobSpec::parse(&text).unwrap();
+        let a = &spec.alarms[0];
+        assert_eq!(
+            a.watch,
+            AlarmWatch::Field { measurement: "cpu".into(), field: "usage_user".into(), aggregate: AlarmAggregate::Max }
+        );
+        assert_eq!((a.target, a.target_id.as_deref(), a.comparison), (AlarmTarget::All, None, Comparison::Ge));
+        assert_eq!((a.warn, a.crit, a.warn_windows, a.crit_windows), (Some(90.0), None, 1, 1));
+        assert_eq!((a.warn_reset, a.crit_reset, a.nodata_after), (None, None, None));
+        assert!(a.handlers.is_empty());
+        assert_eq!(a.message, DEFAULT_ALARM_MESSAGE);
+        assert_eq!(a.nodata_windows(&spec.registry), 3);
+
+        for h in &spec.handlers {
+            assert_eq!((h.timeout, h.retries), (Duration::from_secs(10), 3), "{}", h.name);
+        }
+        let HandlerKind::Slack(s) = &spec.handlers[0].kind else { panic!("slack") };
+        assert_eq!((s.channel.as_deref(), s.username.as_deref()), (None, None));
+        let smtp = |i: usize| match &spec.handlers[i].kind {
+            HandlerKind::Smtp(m) => (m.port, m.tls, m.username.is_none() && m.password.is_none()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(smtp(1), (25, SmtpTls::None, true));
+        assert_eq!(smtp(2), (587, SmtpTls::Starttls, true));
+        assert_eq!(smtp(3), (465, SmtpTls::Tls, true));
+        let HandlerKind::Webhook(w) = &spec.handlers[4].kind else { panic!("webhook") };
+        assert!(w.headers.is_empty());
+    }
+
+    #[test]
+    fn alarms_and_handlers_are_read() {
+        let spec = JobSpec::parse(&alarms_spec()).unwrap();
+        assert_eq!(spec.alarms.len(), 3);
+        let a = &spec.alarms[0];
+        assert_eq!(a.name, "cpu_high");
+        assert_eq!(
+            a.watch,
+            AlarmWatch::Field {
+                measurement: "cpu".into(),
+                field: "usage_user".into(),
+                aggregate: AlarmAggregate::Mean
+            }
+        );
+        assert_eq!((a.target, a.comparison), (AlarmTarget::Vm, Comparison::Gt));
+        assert_eq!((a.warn, a.crit, a.warn_windows, a.crit_windows), (Some(80.0), Some(95.0), 2, 3));
+        assert_eq!((a.warn_reset, a.crit_reset), (Some(70.0), Some(90.0)));
+        assert_eq!(a.handlers, vec!["ops-slack", "ops-mail", "hook"]);
+        assert_eq!(a.message, "{rule} is {level} on {target}: {value}");
+        assert_eq!(a.nodata_windows(&spec.registry), 5);
+
+        let b = &spec.alarms[1];
+        assert_eq!(b.watch, AlarmWatch::Group { level: Level::Mcis, metric: "rtt_ms_mean".into() });
+        assert_eq!((b.target, b.target_id.as_deref()), (AlarmTarget::Mcis, Some("mcis-01")));
+        assert_eq!((b.comparison, b.warn, b.crit), (Comparison::Lt, None, Some(1.5)));
+        // `registry.unhealthy_after = 2` in FULL.
+        assert_eq!(b.nodata_windows(&spec.registry), 2);
+        let c = &spec.alarms[2];
+        assert_eq!(c.watch, AlarmWatch::Group { level: Level::Os, metric: "tps".into() });
+        assert_eq!((c.target, c.comparison), (AlarmTarget::All, Comparison::Le));
+
+        let names: Vec<_> = spec.handlers.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["ops-slack", "ops-mail", "hook"]);
+        assert_eq!(
+            spec.handlers[0].kind,
+            HandlerKind::Slack(SlackHandler {
+                url: "https://hooks.slack.com/services/T0/B0/SLACKTOKEN".into(),
+                channel: Some("#ops".into()),
+                username: Some("dragonflow".into()),
+            })
+        );
+        assert_eq!(
+            spec.handlers[1].kind,
+            HandlerKind::Smtp(SmtpHandler {
+                host: "smtp.example.com".into(),
+                port: 587,
+                from: "Dragonflow <alarms@example.com>".into(),
+                to: vec!["ops@example.com".into(), "oncall@example.com".into()],
+                username: Some("alarms".into()),
+                password: Some("hunter2-smtp".into()),
+                tls: SmtpTls::Starttls,
+            })
+        );
+        assert_eq!((spec.handlers[1].timeout, spec.handlers[1].retries), (Duration::from_secs(30), 5));
+        let HandlerKind::Webhook(w) = &spec.handlers[2].kind else { panic!("webhook") };
+        assert_eq!(w.url, "https://hooks.example.com/alarms");
+        assert_eq!(w.headers.get("Authorization").map(String::as_str), Some("Bearer s3cret-header"));
+
+        assert!(Comparison::Gt.breaches(2.0, 1.0) && !Comparison::Gt.breaches(1.0, 1.0));
+        assert!(Comparison::Le.breaches(1.0, 1.0) && Comparison::Ne.breaches(0.0, 1.0));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output_or_serialized_spec() {
+        let spec = JobSpec::parse(&alarms_spec()).unwrap();
+        let secrets = ["hunter2-smtp", "s3cret-header", "SLACKTOKEN"];
+        let debug = format!("{spec:?}");
+        for secret in secrets {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("password: Some(<redacted>)"), "{debug}");
+        assert!(debug.contains("{\"Authorization\": <redacted>}"), "{debug}");
+        assert!(debug.contains("\"https://hooks.slack.com/…\""), "{debug}");
+
+        let json = serde_json::to_string(&spec).unwrap();
+        let toml = toml::to_string(&spec).unwrap();
+        for secret in ["hunter2-smtp", "s3cret-header"] {
+            assert!(!json.contains(secret), "{secret} in {json}");
+            assert!(!toml.contains(secret), "{secret} in {toml}");
+        }
+        assert!(!json.contains("password") && !json.contains("Authorization"), "{json}");
+
+        // What is serialised reads back as the same rules and handlers, less the secrets.
+        for text in [json, toml] {
+            let back = JobSpec::parse(&text).unwrap();
+            assert_eq!(back.alarms, spec.alarms);
+            let mut expected = spec.handlers.clone();
+            for h in &mut expected {
+                match &mut h.kind {
+                    HandlerKind::Smtp(m) => m.password = None,
+                    HandlerKind::Webhook(w) => w.headers.clear(),
+                    HandlerKind::Slack(_) => {}
+                }
+            }
+            assert_eq!(back.handlers, expected);
+        }
+    }
+
+    #[test]
+    fn the_influxdb_password_never_appears_in_debug_output() {
+        let text = "[source]\nkind = \"file\"\npath = \"m.jsonl\"\n\n[[sink]]\nkind = \"influxdb\"\n\
+                    url = \"http://127.0.0.1:8086\"\nusername = \"u\"\npassword = \"hunter2-influx\"\n";
+        let spec = JobSpec::parse(text).unwrap();
+        let debug = format!("{spec:?}");
+        assert!(!debug.contains("hunter2-influx") && debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn bad_alarms_and_handlers_name_the_field() {
+        let full = alarms_spec();
+        let cases = [
+            (
+                full.replace(r#"comparison = ">""#, r#"comparison = "=>""#),
+                "alarm[0].comparison",
+                r#"expected one of ">", ">=", "<", "<=", "==", "!=""#,
+            ),
+            (full.replace("comparison = \">\"\n", ""), "alarm[0].comparison", "missing field"),
+            (
+                full.replace("aggregate = \"mean\"\n", "aggregate = \"mean\"\nlevel = \"mcis\"\n"),
+                "alarm[0].level",
+                "not both",
+            ),
+            (
+                full.replace("measurement = \"cpu\"\nfield = \"usage_user\"\naggregate = \"mean\"\n", ""),
+                "alarm[0].measurement",
+                "missing",
+            ),
+            (full.replace("field = \"usage_user\"\n", ""), "alarm[0].field", "missing"),
+            (full.replace("aggregate = \"mean\"\n", ""), "alarm[0].aggregate", "missing"),
+            (full.replace(r#"aggregate = "mean""#, r#"aggregate = "median""#), "alarm[0].aggregate", "unknown variant"),
+            (full.replace("metric = \"rtt_ms_mean\"\n", ""), "alarm[1].metric", "missing"),
+            (full.replace(r#"level = "mcis""#, r#"level = "rack""#), "alarm[1].level", "unknown variant"),
+            (full.replace(r#"level = "mcis""#, r#"level = "ns""#), "alarm[1].level", "not in groups.levels"),
+            (full.replace("enabled = true", "enabled = false"), "alarm[1].level", "needs groups"),
+            (full.replace(r#""rtt_ms_mean""#, r#""rtt""#), "alarm[1].metric", "neither a built-in"),
+            (full.replace(r#"target = "mcis""#, r#"target = "csp""#), "alarm[1].target", "target \"mcis\" or \"all\""),
+            (full.replace(r#"target = "mcis""#, r#"target = "vm""#), "alarm[1].target", "target \"mcis\" or \"all\""),
+            (full.replace(r#"target = "vm""#, r#"target = "rack""#), "alarm[0].target", "unknown variant"),
+            (
+                full.replace("metric = \"tps\"\n", "metric = \"tps\"\ntarget_id = \"x\"\n"),
+                "alarm[2].target_id",
+                "target",
+            ),
+            (full.replace(r#"target_id = "mcis-01""#, r#"target_id = """#), "alarm[1].target_id", "expected the id"),
+            (full.replace("crit = 1.5\n", ""), "alarm[1].warn", "expected `warn` or `crit`"),
+            (full.replace("warn = 80\n", "warn = nan\n"), "alarm[0].warn", "finite"),
+            (full.replace("crit = 95\n", "crit = 50\n"), "alarm[0].crit", "must be at least warn (80)"),
+            (full.replace("crit = 1.5\n", "crit = 1.5\nwarn = 1\n"), "alarm[1].crit", "must be at most warn (1)"),
+            (full.replace("warn_windows = 2", "warn_windows = 0"), "alarm[0].warn_windows", "at least 1"),
+            (full.replace("crit_windows = 3", "crit_windows = 0"), "alarm[0].crit_windows", "at least 1"),
+            (full.replace("warn_windows = 2", "warn_windows = -1"), "alarm[0].warn_windows", "invalid value"),
+            (full.replace("warn_reset = 70", "warn_reset = 85"), "alarm[0].warn_reset", "at or below warn (80)"),
+            (full.replace("crit_reset = 90", "crit_reset = 96"), "alarm[0].crit_reset", "at or below crit (95)"),
+            (
+                full.replace("crit = 1.5\n", "crit = 1.5\ncrit_reset = 1\n"),
+                "alarm[1].crit_reset",
+                "at or above crit (1.5)",
+            ),
+            (full.replace("crit = 1.5\n", "crit = 1.5\nwarn_reset = 2\n"), "alarm[1].warn_reset", "needs `warn`"),
+            (
+                full.replace("comparison = \"<=\"\nwarn = 10\n", "comparison = \"==\"\nwarn = 10\nwarn_reset = 9\n"),
+                "alarm[2].warn_reset",
+                "does not apply to comparison \"==\"",
+            ),
+            (full.replace(r#""hook"]"#, r#""hooks"]"#), "alarm[0].handlers[2]", "no [[handler]] is named \"hooks\""),
+            (full.replace(r#""hook"]"#, r#""ops-slack"]"#), "alarm[0].handlers[2]", "listed twice"),
+            (full.replace("on {target}", "on {host}"), "alarm[0].message", "unknown placeholder {host}"),
+            (full.replace("on {target}", "on {target"), "alarm[0].message", "unknown placeholder"),
+            (full.replace(": {value}\"", ": {value\""), "alarm[0].message", "not closed"),
+            (full.replace("nodata_after = 5", "nodata_after = 0"), "alarm[0].nodata_after", "at least 1"),
+            (
+                full.replace(r#"name = "mcis_rtt""#, r#"name = "cpu_high""#),
+                "alarm[1].name",
+                "already the name of alarm[0]",
+            ),
+            (full.replace(r#"name = "tps_low""#, r#"name = " ""#), "alarm[2].name", "expected a rule name"),
+            (full.replace("nodata_after = 5", "severity = 5"), "alarm[0].severity", "unknown field"),
+            (full.replace(r#"kind = "slack""#, r#"kind = "pager""#), "handler[0].kind", "unknown variant"),
+            (
+                full.replace("url = \"https://hooks.slack.com/services/T0/B0/SLACKTOKEN\"\n", ""),
+                "handler[0].url",
+                "missing",
+            ),
+            (full.replace("https://hooks.slack.com", "ftp://hooks.slack.com"), "handler[0].url", "expected"),
+            (
+                full.replace("channel = \"#ops\"", "host = \"x\""),
+                "handler[0].host",
+                "does not apply to kind = \"slack\"",
+            ),
+            (full.replace("channel = \"#ops\"", "channel = \"\""), "handler[0].channel", "expected a name"),
+            (full.replace("host = \"smtp.example.com\"\n", ""), "handler[1].host", "missing"),
+            (full.replace("host = \"smtp.example.com\"", "host = \"\""), "handler[1].host", "host name"),
+            (full.replace("from = \"Dragonflow <alarms@example.com>\"\n", ""), "handler[1].from", "missing"),
+            (full.replace("<alarms@example.com>", "alarms"), "handler[1].from", "expected an address"),
+            (full.replace("to = [\"ops@example.com\", \"oncall@example.com\"]\n", ""), "handler[1].to", "missing"),
+            (full.replace(r#"["ops@example.com", "oncall@example.com"]"#, "[]"), "handler[1].to", "at least one"),
+            (full.replace("\"oncall@example.com\"", "\"oncall\""), "handler[1].to[1]", "expected an address"),
+            (full.replace("tls = \"starttls\"", "tls = \"ssl\""), "handler[1].tls", "unknown variant"),
+            (full.replace("tls = \"starttls\"", "port = 0"), "handler[1].port", "1 to 65535"),
+            (full.replace("username = \"alarms\"\n", ""), "handler[1].username", "needs a `username`"),
+            (full.replace("timeout = \"30s\"", "timeout = \"0s\""), "handler[1].timeout", "positive duration"),
+            (full.replace("timeout = \"30s\"", "timeout = \"soon\""), "handler[1].timeout", "duration"),
+            (full.replace("retries = 5", "retries = -1"), "handler[1].retries", "invalid value"),
+            (full.replace("retries = 5", "channel = \"x\""), "handler[1].channel", "does not apply to kind = \"smtp\""),
+            (
+                full.replace(r#"name = "ops-mail""#, r#"name = "ops-slack""#),
+                "handler[1].name",
+                "already the name of handler[0]",
+            ),
+            (full.replace(r#"name = "hook""#, r#"name = """#), "handler[2].name", "expected a handler name"),
+            (full.replace("url = \"https://hooks.example.com/alarms\"\n", ""), "handler[2].url", "missing"),
+            (full.replace("https://hooks.example.com/alarms", "hooks.example.com"), "handler[2].url", "expected"),
+            (full.replace("{ Authorization =", "{ \"Auth orization\" ="), "handler[2].headers", "not a header name"),
+            (full.replace("headers = {", "username = \"u\"\nheaders = {"), "handler[2].username", "does not apply"),
+            (full.replace("channel = \"#ops\"", "icon = \"x\""), "handler[0].icon", "unknown field"),
+        ];
+        for (text, field, msg) in cases {
+            assert_ne!(text, full, "the case does not change the spec: {field} / {msg}");
+            let e = refused(&text);
+            assert_eq!(e.field, field, "{text}\n-> {e}");
+            assert!(e.message.contains(msg), "{text}\n-> {e}");
+        }
+        // A refused header value is not repeated in the error.
+        let e = refused(&full.replace("Bearer s3cret-header", "Bearer s3cret-header\\n"));
+        assert_eq!(e.field, "handler[2].headers");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

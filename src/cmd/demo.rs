@@ -74,6 +74,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         groups: Default::default(),
         registry: Default::default(),
         counters: Default::default(),
+        alarms: Vec::new(),
+        handlers: Vec::new(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: args.lake.clone(), flush_interval: Duration::from_secs(5) })],
     };
     let control = Arc::new(JobControl::new());

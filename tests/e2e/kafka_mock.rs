@@ -41,6 +41,8 @@ fn kafka_to_lake_counts_every_message_once() {
         groups: Default::default(),
         registry: Default::default(),
         counters: Default::default(),
+        alarms: Vec::new(),
+        handlers: Vec::new(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: lake.clone(), flush_interval: Duration::from_secs(10) })],
     };
     let metrics = Arc::new(JobMetrics::new(2));
