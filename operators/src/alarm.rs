@@ -129,6 +129,20 @@ impl fmt::Display for Comparison {
     }
 }
 
+/// Written and read as the operator itself, as in a job spec: `comparison = ">="`.
+impl serde::Serialize for Comparison {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Comparison {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(|_| serde::de::Error::custom(r#"expected one of ">", ">=", "<", "<=", "==", "!=""#))
+    }
+}
+
 /// The level of one (rule, target).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Level {

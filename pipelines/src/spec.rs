@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use operators::aggregate::Counters;
+use operators::alarm::Comparison;
 use operators::decode::{Format, TimestampUnit};
 use operators::groups::vm::BUILTIN_METRICS;
 use operators::groups::{CustomMetric, GroupsConfig, Level, OverVms, PerVm};
@@ -551,73 +552,6 @@ impl TryFrom<RawSink> for SinkSpec {
                 }))
             }
         }
-    }
-}
-
-/// How a rule compares the watched value with a threshold: `value <comparison> threshold` breaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Comparison {
-    Gt,
-    Ge,
-    Lt,
-    Le,
-    Eq,
-    Ne,
-}
-
-impl Comparison {
-    pub const ALL: [Comparison; 6] =
-        [Comparison::Gt, Comparison::Ge, Comparison::Lt, Comparison::Le, Comparison::Eq, Comparison::Ne];
-
-    pub fn symbol(self) -> &'static str {
-        match self {
-            Comparison::Gt => ">",
-            Comparison::Ge => ">=",
-            Comparison::Lt => "<",
-            Comparison::Le => "<=",
-            Comparison::Eq => "==",
-            Comparison::Ne => "!=",
-        }
-    }
-
-    /// Whether `value` breaches `threshold`.
-    pub fn breaches(self, value: f64, threshold: f64) -> bool {
-        match self {
-            Comparison::Gt => value > threshold,
-            Comparison::Ge => value >= threshold,
-            Comparison::Lt => value < threshold,
-            Comparison::Le => value <= threshold,
-            Comparison::Eq => value == threshold,
-            Comparison::Ne => value != threshold,
-        }
-    }
-}
-
-impl std::fmt::Display for Comparison {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.symbol())
-    }
-}
-
-impl std::str::FromStr for Comparison {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Comparison::ALL
-            .into_iter()
-            .find(|c| c.symbol() == s)
-            .ok_or_else(|| r#"expected one of ">", ">=", "<", "<=", "==", "!=""#.to_string())
-    }
-}
-
-impl Serialize for Comparison {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.symbol())
-    }
-}
-
-impl<'de> Deserialize<'de> for Comparison {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -216,10 +216,25 @@ pub fn agents_before(lake: &Path, before: i64, recent_span: i64) -> Result<Vec<o
     let mut rows = Vec::new();
     for b in &batches {
         let col = |name: &str| b.column_by_name(name).expect("selected column");
+        // Text columns as Utf8 once per batch (the lake may hand them over as views).
+        let text: std::collections::HashMap<&str, arrow::array::ArrayRef> = [
+            "key",
+            "ns_id",
+            "mcis_id",
+            "vm_id",
+            "csp_type",
+            "os_type",
+            "mechanism",
+            "public_ip",
+            "state",
+            "pull_url",
+            "health",
+        ]
+        .into_iter()
+        .map(|name| (name, arrow::compute::cast(col(name), &DataType::Utf8).expect("strings cast to Utf8")))
+        .collect();
         let string = |name: &str, r: usize| -> String {
-            let c = col(name);
-            let c = arrow::compute::cast(c, &DataType::Utf8).expect("strings cast to Utf8");
-            let c = c.as_string::<i32>();
+            let c = text[name].as_string::<i32>();
             if c.is_null(r) {
                 String::new()
             } else {

@@ -328,13 +328,10 @@ impl Agents {
         if !fresh {
             return;
         }
-        let n = self.config.unhealthy_after as i64;
-        let size = self.size();
-        let fire = (start + (n + 1) * size) as Time;
-        let agent = self.agents.get_mut(&key).expect("registered above");
-        agent.timer = Some(fire);
+        let fire = (start + (self.config.unhealthy_after as i64 + 1) * self.size()) as Time;
         self.timers.entry(fire).or_default().push(key.clone());
         let agent = self.agents.get_mut(&key).expect("registered above");
+        agent.timer = Some(fire);
         let enabled = agent.record_at(t).is_some_and(|r| r.state == AgentState::Enable);
         if enabled && agent.health != Health::Healthy {
             let reason = if agent.health == Health::Unknown { "first data" } else { "data again" };

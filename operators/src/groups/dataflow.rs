@@ -203,31 +203,35 @@ pub fn fleet_metrics<'scope>(
             }
         });
 
-    let group_items =
-        collect_per_window(groups.inner, "GroupRows", move |((level, group_id, start), (metric, value, vm_count))| {
-            SinkItem::Groups(vec![GroupRow {
-                window_start: start,
-                window_end: start + size,
-                level: level.name().to_string(),
-                group_id,
-                metric,
-                value: value.0,
-                vm_count,
-            }])
-        });
-    let rank_items =
-        collect_per_window(rankings.inner, "RankRows", move |((start, level, metric), (order, r, group_id, value))| {
-            SinkItem::Rankings(vec![RankRow {
-                window_start: start,
-                window_end: start + size,
-                level: level.name().to_string(),
-                metric,
-                order: if order == "top" { "top" } else { "bottom" }.to_string(),
-                rank: r,
-                group_id,
-                value: value.0,
-            }])
-        });
+    let group_items = collect_per_window(
+        groups.inner,
+        "GroupRows",
+        move |((level, group_id, start), (metric, value, vm_count))| GroupRow {
+            window_start: start,
+            window_end: start + size,
+            level: level.name().to_string(),
+            group_id,
+            metric,
+            value: value.0,
+            vm_count,
+        },
+        SinkItem::Groups,
+    );
+    let rank_items = collect_per_window(
+        rankings.inner,
+        "RankRows",
+        move |((start, level, metric), (order, r, group_id, value))| RankRow {
+            window_start: start,
+            window_end: start + size,
+            level: level.name().to_string(),
+            metric,
+            order,
+            rank: r,
+            group_id,
+            value: value.0,
+        },
+        SinkItem::Rankings,
+    );
     agent_items.concat(group_items).concat(rank_items)
 }
 
@@ -256,13 +260,14 @@ fn vm_partials(batch: &WindowBatch, config: &GroupsConfig) -> Vec<Part> {
 
 /// Gathers the positive rows of a differential output per time and emits them as one sink item
 /// per window once the time has passed (retractions, at `end + 1`, are dropped).
-fn collect_per_window<'scope, D: Clone + 'static>(
+fn collect_per_window<'scope, D: Clone + 'static, R: 'static>(
     stream: Stream<'scope, Time, Vec<(D, Time, isize)>>,
     name: &str,
-    mut row: impl FnMut(D) -> SinkItem + 'static,
+    mut row: impl FnMut(D) -> R + 'static,
+    item: impl Fn(Vec<R>) -> SinkItem + 'static,
 ) -> Stream<'scope, Time, Vec<SinkItem>> {
     stream.unary_frontier::<CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(Pipeline, name, move |_, _| {
-        let mut open: BTreeMap<Time, (Capability<Time>, Vec<SinkItem>)> = BTreeMap::new();
+        let mut open: BTreeMap<Time, (Capability<Time>, Vec<R>)> = BTreeMap::new();
         move |(input, frontier), output| {
             input.for_each(|cap, data| {
                 for (d, t, r) in data.drain(..) {
@@ -279,25 +284,11 @@ fn collect_per_window<'scope, D: Clone + 'static>(
                 if frontier.less_equal(&t) {
                     break;
                 }
-                let (cap, items) = open.pop_first().map(|(_, v)| v).expect("first key exists");
-                if let Some(item) = merge_items(items) {
-                    output.session(&cap).give(item);
+                let (cap, rows) = open.pop_first().map(|(_, v)| v).expect("first key exists");
+                if !rows.is_empty() {
+                    output.session(&cap).give(item(rows));
                 }
             }
         }
     })
-}
-
-/// One item of the rows of several single-row items of the same table.
-fn merge_items(items: Vec<SinkItem>) -> Option<SinkItem> {
-    let mut iter = items.into_iter();
-    let mut first = iter.next()?;
-    for item in iter {
-        match (&mut first, item) {
-            (SinkItem::Groups(a), SinkItem::Groups(b)) => a.extend(b),
-            (SinkItem::Rankings(a), SinkItem::Rankings(b)) => a.extend(b),
-            _ => {}
-        }
-    }
-    Some(first)
 }
