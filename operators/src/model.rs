@@ -243,6 +243,39 @@ pub struct RankRow {
     pub value: f64,
 }
 
+/// A change of level of one (rule, target): a row of the `alarm_events` table and what the
+/// handlers deliver.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlarmEvent {
+    /// 16 hex digits hashing rule, target, time, previous level and level: the same on a replay.
+    pub id: String,
+    /// End of the window whose value (or silence) changed the level, ns.
+    pub time: i64,
+    pub rule: String,
+    pub target: String,
+    /// `OK`, `WARNING`, `CRITICAL` or `NODATA`.
+    pub level: String,
+    pub previous_level: String,
+    /// The window's value; `None` for NODATA.
+    pub value: Option<f64>,
+    /// The threshold crossed; `None` for NODATA and for NODATA → OK.
+    pub threshold: Option<f64>,
+    /// The rule's message template, filled in.
+    pub message: String,
+    /// Names of the rule's handlers.
+    pub handlers: Vec<String>,
+}
+
+/// The outcome of delivering an event to every handler of its rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AlarmDelivery {
+    pub event: AlarmEvent,
+    /// Every handler accepted the event.
+    pub delivered: bool,
+    /// What failed, per handler (`name: error; name: error`); `None` when delivered.
+    pub error: Option<String>,
+}
+
 /// Everything a sink receives.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum SinkItem {
@@ -253,6 +286,7 @@ pub enum SinkItem {
     Health(Vec<HealthRow>),
     Groups(Vec<GroupRow>),
     Rankings(Vec<RankRow>),
+    Alarms(Vec<AlarmEvent>),
 }
 
 #[cfg(test)]

@@ -201,7 +201,7 @@ impl InfluxWriter {
             SinkItem::Late(rows) => rows.iter().for_each(|r| self.nanos.push(encode_late(r))),
             SinkItem::Rejects(rows) => rows.iter().for_each(|r| self.nanos.push(encode_reject(r))),
             // Registry records are not written to InfluxDB (see the module docs).
-            SinkItem::Agents(_) => {}
+            SinkItem::Agents(_) | SinkItem::Alarms(_) => {}
         }
         while self.seconds.len() >= self.cfg.batch_lines {
             let rest = self.seconds.split_off(self.cfg.batch_lines);

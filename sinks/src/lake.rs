@@ -260,6 +260,8 @@ impl LakeWriter {
                 rows.iter().for_each(|row| self.health.push(row));
                 (Table::AgentHealth, self.health.len())
             }
+            // The `alarm_events` table is not written yet.
+            SinkItem::Alarms(_) => return Ok(()),
         };
         if buffered >= self.cfg.max_buffered_rows {
             self.flush_table(table)?;

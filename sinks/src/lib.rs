@@ -13,6 +13,7 @@
 pub mod error;
 pub mod influx;
 pub mod lake;
+pub mod notify;
 pub mod sql;
 pub mod tables;
 

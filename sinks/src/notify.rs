@@ -1,0 +1,1 @@
+//! Alarm handlers: delivery of alarm events to Slack, SMTP and webhooks.
