@@ -22,8 +22,10 @@ struct Cli {
 enum Command {
     /// Run a job (TOML or JSON spec) to its end: end of file, `stop_at_end`, or Ctrl-C.
     Run(cmd::run::RunArgs),
-    /// Run read-only SQL over a Parquet lake (aggregates, late, rejects, groups, rankings, agents, agent_health, agents_history).
+    /// Run read-only SQL over a Parquet lake (aggregates, late, rejects, groups, rankings, agents, agent_health, agents_history, alarm_events, alarm_log).
     Sql(cmd::sql::SqlArgs),
+    /// Check a job's alarm rules and handlers: send a sample event, list them.
+    Alarms(cmd::alarms::AlarmsArgs),
     /// Generate metrics of N virtual agents into Kafka or a file.
     Loadgen(cmd::loadgen::LoadgenArgs),
     /// The whole pipeline in one process, nothing to install: in-process Kafka, load, windows, lake, SQL.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Sql(a) => cmd::sql::run(a),
+        Command::Alarms(a) => cmd::alarms::run(a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),

@@ -14,6 +14,8 @@ for tool in cc c++ make perl python3; do
   command -v "$tool" >/dev/null 2>&1 || apt_missing+=(build-essential perl python3)
 done
 command -v influxd >/dev/null 2>&1 || apt_missing+=(influxdb)
+# Debian's package lands in the system Python, which may not be the first python3 on PATH.
+{ python3 -c 'import aiosmtpd' || /usr/bin/python3 -c 'import aiosmtpd'; } >/dev/null 2>&1 || apt_missing+=(python3-aiosmtpd)
 command -v curl >/dev/null 2>&1 || apt_missing+=(curl)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${apt_missing[*]}"

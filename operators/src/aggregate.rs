@@ -106,6 +106,11 @@ impl Agg {
         self.sum_hi + self.sum_lo
     }
 
+    /// The sum as the double-double it is kept in: `(hi, lo)`, with `hi + lo` the sum.
+    pub fn sum_parts(&self) -> (f64, f64) {
+        (self.sum_hi, self.sum_lo)
+    }
+
     /// The per-second rate of a cumulative counter over the window: the increase from the first
     /// to the last value divided by the time between them. A counter that went down was reset,
     /// and its increase is counted from zero (the last value), so the rate is never negative.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use operators::alarm::eval::{evaluate, with_field_inputs, with_group_inputs, RestoredLevel};
 use operators::ingest::{Ingest, IngestConfig, InstanceTags};
 use operators::intern::SeriesTable;
 use operators::model::SinkItem;
@@ -13,6 +14,7 @@ use operators::time::{Watermarks, WindowSpec};
 use operators::window::{Time, WindowAggregate};
 use sinks::influx::{InfluxConfig, InfluxWriter};
 use sinks::lake::{LakeConfig, LakeWriter};
+use sinks::notify::Dispatcher;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Inspect, Probe};
@@ -101,14 +103,8 @@ pub fn run_job(
     metrics: Arc<JobMetrics>,
 ) -> Result<JobReport, JobError> {
     spec.validate().map_err(|e| JobError::Source(e.to_string()))?;
-    if !spec.alarms.is_empty() {
-        // The rules and handlers are validated, but jobs do not evaluate them yet: refusing is
-        // better than a job that silently raises nothing.
-        return Err(JobError::Source(
-            "alarm: jobs do not evaluate alarm rules yet; remove the [[alarm]] sections".into(),
-        ));
-    }
     let spec_source = spec.source.clone();
+    let spec_for_grace = spec.clone();
     if let SourceSpec::File(f) = &spec.source {
         // Fail before starting workers, with the path in the message.
         std::fs::metadata(&f.path).map_err(|e| JobError::Source(format!("{}: {e}", f.path.display())))?;
@@ -165,11 +161,24 @@ pub fn run_job(
         _ => Vec::new(),
     };
     let restored_agents = Arc::new(restored_agents);
+    // Alarm rules carry on the levels their targets had when the last run stopped.
+    let size = spec.window.size.as_nanos() as i64;
+    let alarms = match (coordinator.as_ref().and_then(|c| c.restored()), crate::alarms::lake_path(spec)) {
+        (Some(r), Some(lake)) if !spec.alarms.is_empty() => {
+            let levels = crate::alarms::restored_levels(&lake, r.frontier)
+                .map_err(|e| JobError::Source(format!("cannot read the alarm levels of the last run: {e}")))?;
+            AlarmSetup { levels: Arc::new(levels), evaluated_until: (r.frontier - 1).div_euclid(size) * size }
+        }
+        _ => AlarmSetup { levels: Arc::new(Vec::new()), evaluated_until: i64::MIN },
+    };
+    let dispatcher = crate::alarms::start_dispatcher(spec, metrics.clone())
+        .map_err(|e| JobError::Source(format!("cannot start the alarm handlers: {e}")))?;
     let spec = Arc::new(spec.clone());
     let started = std::time::Instant::now();
     let worker_metrics = metrics.clone();
     let worker_coordinator = coordinator.clone();
     let local_workers = options.workers.max(1);
+    let worker_dispatcher = dispatcher.clone();
     let guards = timely::execute(config, move |worker| -> Result<(), String> {
         run_worker(
             worker,
@@ -179,6 +188,7 @@ pub fn run_job(
             worker_coordinator.clone(),
             local_workers,
             restored_agents.clone(),
+            (alarms.clone(), worker_dispatcher.clone()),
         )
     })
     .map_err(JobError::Worker)?;
@@ -191,6 +201,15 @@ pub fn run_job(
                 first_error.get_or_insert(e);
             }
         }
+    }
+    // Deliveries still in flight get one full retry policy; what is left is recorded as failed.
+    if let Some(d) = dispatcher.and_then(Arc::into_inner) {
+        let pending = d.pending();
+        let grace = crate::alarms::delivery_grace(&spec_for_grace);
+        if pending > 0 {
+            eprintln!("dragonflow: delivering {pending} alarm event(s), waiting up to {} s", grace.as_secs());
+        }
+        d.shutdown(grace);
     }
     if let Some(e) = first_error {
         return Err(JobError::Sink(e));
@@ -217,6 +236,16 @@ pub fn run_job(
     Ok(report)
 }
 
+/// What the workers need to evaluate alarm rules.
+#[derive(Clone)]
+struct AlarmSetup {
+    /// Levels carried on from the last run.
+    levels: Arc<Vec<RestoredLevel>>,
+    /// The last window end the last run evaluated (`i64::MIN`: none).
+    evaluated_until: i64,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn run_worker(
     worker: &mut timely::worker::Worker,
     spec: &JobSpec,
@@ -225,6 +254,7 @@ fn run_worker(
     coordinator: Option<Arc<Coordinator>>,
     local_workers: usize,
     restored_agents: Arc<Vec<operators::model::AgentRow>>,
+    (alarm_setup, dispatcher): (AlarmSetup, Option<Arc<Dispatcher>>),
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -326,6 +356,7 @@ fn run_worker(
     };
 
     let size = window.size;
+    let rules = Arc::new(crate::alarms::rules(spec));
     let sink_outcome = outcome.clone();
     let sink_metrics = metrics.clone();
     let probe = ProbeHandle::new();
@@ -345,7 +376,14 @@ fn run_worker(
         let windows = observations
             .window_aggregate(table, size)
             .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()));
-        let items = match groups {
+        let (windows, mut alarm_inputs) = match rules.is_empty() {
+            true => (windows, None),
+            false => {
+                let (windows, inputs) = with_field_inputs(windows, rules.clone());
+                (windows, Some(inputs))
+            }
+        };
+        let mut items = match groups {
             None => windows.map(SinkItem::Aggregates).concat(side),
             Some(config) => {
                 let (windows, parts) = operators::groups::dataflow::with_vm_parts(windows, &config);
@@ -354,9 +392,27 @@ fn run_worker(
                 let (updates, registry_rejects) = registry_updates(scope, registry_inputs, closed, metrics.clone());
                 let closed_by_data = metrics.data_watermark();
                 let fleet = operators::groups::fleet_metrics(parts, updates, config, closed_by_data, restored_agents);
+                let fleet = match alarm_inputs.take() {
+                    Some(field_inputs) => {
+                        let (fleet, group_inputs) = with_group_inputs(fleet, rules.clone());
+                        alarm_inputs = Some(field_inputs.concat(group_inputs));
+                        fleet
+                    }
+                    None => fleet,
+                };
                 windows.map(SinkItem::Aggregates).concat(side).concat(registry_rejects).concat(fleet)
             }
         };
+        if let Some(inputs) = alarm_inputs {
+            let AlarmSetup { levels, evaluated_until } = alarm_setup;
+            let alarm_metrics = metrics.clone();
+            let events =
+                evaluate(inputs, rules, size, metrics.data_watermark(), levels, evaluated_until).inspect(move |e| {
+                    alarm_metrics.alarm_events.fetch_add(1, Ordering::Relaxed);
+                    crate::alarms::dispatch(&dispatcher, e);
+                });
+            items = items.concat(events.map(|e| SinkItem::Alarms(vec![e])));
+        }
         lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);
     });
 

@@ -8,6 +8,7 @@
 //! - [`job`]: one function that wires a job top to bottom and runs it.
 //! - [`control`], [`metrics`]: stopping a job, and watching it.
 
+pub mod alarms;
 pub mod checkpoint;
 pub mod control;
 pub mod fleet;

@@ -80,6 +80,11 @@ pub struct JobMetrics {
     pub rows: AtomicU64,
     pub files: AtomicU64,
     pub replayed: AtomicU64,
+    /// Alarm events raised, and deliveries (one per event, through all its handlers) that
+    /// succeeded or failed.
+    pub alarm_events: AtomicU64,
+    pub alarm_deliveries: AtomicU64,
+    pub alarm_delivery_failures: AtomicU64,
     watermarks: Vec<AtomicI64>,
     /// Each worker's watermark as its data moved it (not raised when the input ends).
     data_watermarks: Arc<Vec<AtomicI64>>,
@@ -107,6 +112,9 @@ impl JobMetrics {
             rows: AtomicU64::new(0),
             files: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
+            alarm_events: AtomicU64::new(0),
+            alarm_deliveries: AtomicU64::new(0),
+            alarm_delivery_failures: AtomicU64::new(0),
             watermarks: (0..workers).map(|_| AtomicI64::new(i64::MIN)).collect(),
             data_watermarks: Arc::new((0..workers).map(|_| AtomicI64::new(i64::MIN)).collect()),
             series: (0..workers).map(|_| AtomicU64::new(0)).collect(),

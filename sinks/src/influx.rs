@@ -13,7 +13,8 @@
 //! Measurements besides the aggregates' own: `dragonflow_groups` (one point per window, level,
 //! group and metric), `dragonflow_rankings` (one per window, level, metric, order and rank) —
 //! both at the window start, in seconds, like the aggregates — and `dragonflow_agent_health`,
-//! `dragonflow_late` and `dragonflow_rejects` at their event time in nanoseconds. The agent
+//! `dragonflow_late`, `dragonflow_rejects` and `dragonflow_alarms` (one point per alarm event)
+//! at their event time in nanoseconds. The agent
 //! registry's rows (`agents_history` in the lake) are not written to InfluxDB: they are versions of
 //! records rather than measurements, and their health changes arrive as `dragonflow_agent_health`.
 
@@ -32,7 +33,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use influxdb_line_protocol::builder::LineProtocolBuilder;
 use operators::aggregate::{Agg, Counters};
-use operators::model::{GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch};
+use operators::model::{
+    AlarmEvent, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch,
+};
 
 use crate::error::SinkError;
 
@@ -200,8 +203,9 @@ impl InfluxWriter {
             SinkItem::Health(rows) => rows.iter().for_each(|r| self.nanos.push(encode_health(r))),
             SinkItem::Late(rows) => rows.iter().for_each(|r| self.nanos.push(encode_late(r))),
             SinkItem::Rejects(rows) => rows.iter().for_each(|r| self.nanos.push(encode_reject(r))),
+            SinkItem::Alarms(events) => events.iter().for_each(|e| self.nanos.push(encode_alarm(e))),
             // Registry records are not written to InfluxDB (see the module docs).
-            SinkItem::Agents(_) | SinkItem::Alarms(_) => {}
+            SinkItem::Agents(_) => {}
         }
         while self.seconds.len() >= self.cfg.batch_lines {
             let rest = self.seconds.split_off(self.cfg.batch_lines);
@@ -407,6 +411,24 @@ fn encode_health(r: &HealthRow) -> Vec<u8> {
     let b = put_tags(b, &[("cspType", &r.csp_type), ("mcisId", &r.mcis_id), ("nsId", &r.ns_id), ("vmId", &r.vm_id)]);
     let line = b.field("from", r.from.as_str()).field("to", r.to.as_str()).field("reason", r.reason.as_str());
     trim_newline(line.timestamp(r.time).close_line().build())
+}
+
+/// `dragonflow_alarms,level=…,previous_level=…,rule=…,target=… id="…",message="…",value=…,threshold=…
+/// <time, ns>`: one point per event, so a replayed event overwrites itself. `value` and
+/// `threshold` are left out when absent (NODATA) — and when not finite, which InfluxDB refuses.
+fn encode_alarm(e: &AlarmEvent) -> Vec<u8> {
+    let b = LineProtocolBuilder::new_with(Vec::new()).measurement("dragonflow_alarms");
+    let b = put_tags(
+        b,
+        &[("level", &e.level), ("previous_level", &e.previous_level), ("rule", &e.rule), ("target", &e.target)],
+    );
+    let mut line = b.field("id", e.id.as_str()).field("message", e.message.as_str());
+    for (name, value) in [("value", e.value), ("threshold", e.threshold)] {
+        if let Some(v) = value.filter(|v| v.is_finite()) {
+            line = line.field(name, v);
+        }
+    }
+    trim_newline(line.timestamp(e.time).close_line().build())
 }
 
 fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
@@ -874,6 +896,60 @@ mod tests {
             .all(|l| l.starts_with(b"dragonflow_groups,") || l.starts_with(b"dragonflow_rankings,")));
         assert!(w.nanos[0].starts_with(b"dragonflow_agent_health,"));
         w.seconds.clear();
+        w.nanos.clear();
+    }
+
+    fn alarm(target: &str, value: Option<f64>, threshold: Option<f64>, message: &str) -> AlarmEvent {
+        AlarmEvent {
+            id: "0123456789abcdef".into(),
+            time: 1_700_000_010_000_000_007,
+            rule: "cpu high".into(),
+            target: target.into(),
+            level: "CRITICAL".into(),
+            previous_level: "WARNING".into(),
+            value,
+            threshold,
+            message: message.into(),
+            handlers: vec!["slack".into()],
+        }
+    }
+
+    #[test]
+    fn alarms_encode_one_point_per_event() {
+        let e = alarm("ns 1/m,1", Some(97.5), Some(90.0), "cpu at 97.5, \"over\" 90");
+        let l = String::from_utf8(encode_alarm(&e)).unwrap();
+        assert_eq!(
+            l,
+            "dragonflow_alarms,level=CRITICAL,previous_level=WARNING,rule=cpu\\ high,target=ns\\ 1/m\\,1 \
+             id=\"0123456789abcdef\",message=\"cpu at 97.5, \\\"over\\\" 90\",value=97.5,threshold=90 1700000010000000007"
+        );
+        parses(&l);
+        let parsed = influxdb_line_protocol::parse_lines(&l).next().unwrap().unwrap();
+        assert_eq!(parsed.series.tag_set.as_ref().map(|t| t.len()), Some(4));
+        assert_eq!(parsed.timestamp, Some(1_700_000_010_000_000_007));
+
+        // NODATA: no value, no threshold; an empty tag is left out.
+        let e = AlarmEvent { level: "NODATA".into(), previous_level: "".into(), ..alarm("vm-1", None, None, "") };
+        let l = String::from_utf8(encode_alarm(&e)).unwrap();
+        assert_eq!(
+            l,
+            "dragonflow_alarms,level=NODATA,rule=cpu\\ high,target=vm-1 id=\"0123456789abcdef\",message=\"\" \
+             1700000010000000007"
+        );
+        parses(&l);
+        let l = String::from_utf8(encode_alarm(&alarm("vm-1", Some(f64::NAN), Some(1.0), "m"))).unwrap();
+        assert!(!l.contains("value=") && l.contains(",threshold=1 "), "{l}");
+        parses(&l);
+    }
+
+    #[test]
+    fn alarms_go_to_nanosecond_points() {
+        let cfg = InfluxConfig { retry_for: Duration::ZERO, ..InfluxConfig::new("http://127.0.0.1:1", "db") };
+        let mut w = InfluxWriter::new(cfg, 1).expect("writer");
+        w.push(SinkItem::Alarms(vec![alarm("vm-1", Some(1.0), None, "a"), alarm("vm-2", None, None, "b")]))
+            .expect("push");
+        assert_eq!((w.seconds.len(), w.nanos.len()), (0, 2));
+        assert!(w.nanos.iter().all(|l| l.starts_with(b"dragonflow_alarms,")));
         w.nanos.clear();
     }
 

@@ -1,5 +1,5 @@
 //! The Parquet lake: window aggregates, group metrics and rankings, late values, rejects, agent
-//! records and agent health changes as Hive-partitioned Parquet files.
+//! records, agent health changes and alarm events as Hive-partitioned Parquet files.
 //!
 //! Each timely worker owns one [`LakeWriter`]. [`LakeWriter::push`] appends a [`SinkItem`]'s rows
 //! to per-table Arrow column builders (no per-row allocation beyond the builders). A flush — when a
@@ -20,8 +20,8 @@
 //! window table must therefore hold all of the worker's rows of its window: a second item of the
 //! same window replaces the first. (Rows of several windows in one item are split by window.)
 //!
-//! Late values, rejects, agent records (`agents_history`) and health changes (`agent_health`) are
-//! buffered and split by partition hour, one file per flush:
+//! Late values, rejects, agent records (`agents_history`), health changes (`agent_health`) and
+//! alarm events (`alarm_log`) are buffered and split by partition hour, one file per flush:
 //!
 //! ```text
 //! <lake>/<table>/date=YYYY-MM-DD/hour=HH/part-w{worker:03}-{run}-{first_ms}-{seq:06}.parquet
@@ -36,6 +36,17 @@
 //! Files are synced in groups: [`LakeWriter::barrier`] flushes everything and returns a sequence
 //! number; once [`LakeWriter::durable`] reaches it, every file written before it is synced, with
 //! its directory. [`LakeWriter::finish`] syncs what remains.
+//!
+//! `alarm_log` has a second writer outside the dataflow: the events a [`LakeWriter`] writes are
+//! pending delivery (`delivered` is null), and [`append_alarm_deliveries`] adds, from whatever
+//! thread delivers them, one row per event with its outcome, in files of their own:
+//!
+//! ```text
+//! <lake>/alarm_log/date=YYYY-MM-DD/hour=HH/part-delivery-p{pid}-{now_ns}-{seq:06}.parquet
+//! ```
+//!
+//! Both kinds of rows carry `recorded_at`, the wall clock when they were written; SQL's view
+//! `alarm_events` lets an outcome supersede the pending row (see [`crate::sql`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
@@ -48,7 +59,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{
     ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-    TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Builder,
+    TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Builder,
 };
 use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
@@ -56,7 +67,8 @@ use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use operators::aggregate::{Agg, Counters};
 use operators::model::{
-    AgentRow, AgentTags, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch,
+    AgentRow, AgentTags, AlarmDelivery, AlarmEvent, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow,
+    SeriesKey, SinkItem, WindowBatch,
 };
 use operators::registry::{AgentState, Mechanism};
 use parquet::arrow::ArrowWriter;
@@ -169,6 +181,7 @@ pub struct LakeWriter {
     rejects: RejectsEncoder,
     agents: AgentsEncoder,
     health: HealthEncoder,
+    alarms: AlarmEncoder,
     last_flush: Instant,
     tx: Option<SyncSender<ToWriter>>,
     thread: Option<JoinHandle<Result<(), SinkError>>>,
@@ -212,6 +225,7 @@ impl LakeWriter {
             rejects: RejectsEncoder::default(),
             agents: AgentsEncoder::default(),
             health: HealthEncoder::default(),
+            alarms: AlarmEncoder::default(),
             last_flush: Instant::now(),
             tx: Some(tx),
             thread: Some(thread),
@@ -260,8 +274,11 @@ impl LakeWriter {
                 rows.iter().for_each(|row| self.health.push(row));
                 (Table::AgentHealth, self.health.len())
             }
-            // The `alarm_events` table is not written yet.
-            SinkItem::Alarms(_) => return Ok(()),
+            SinkItem::Alarms(events) => {
+                // Delivery is pending: its outcome comes later, from `append_alarm_deliveries`.
+                events.iter().for_each(|event| self.alarms.push(event, None, None));
+                (Table::AlarmLog, self.alarms.len())
+            }
         };
         if buffered >= self.cfg.max_buffered_rows {
             self.flush_table(table)?;
@@ -309,6 +326,7 @@ impl LakeWriter {
             + self.rejects.len()
             + self.agents.len()
             + self.health.len()
+            + self.alarms.len()
     }
 
     /// What has been written so far.
@@ -337,6 +355,7 @@ impl LakeWriter {
             Table::Rejects => self.rejects.finish(),
             Table::AgentsHistory => self.agents.finish(),
             Table::AgentHealth => self.health.finish(),
+            Table::AlarmLog => self.alarms.finish(),
         }
     }
 
@@ -888,6 +907,127 @@ impl HealthEncoder {
     }
 }
 
+/// Rows of `alarm_log`, pending ([`LakeWriter::push`]) or with their delivery outcome
+/// ([`append_alarm_deliveries`]).
+struct AlarmEncoder {
+    id: StringBuilder,
+    time: TimestampNanosecondBuilder,
+    /// rule, target, level, previous_level
+    names: [StringBuilder; 4],
+    /// value, threshold
+    values: [Float64Builder; 2],
+    message: StringBuilder,
+    handlers: StringBuilder,
+    delivered: BooleanBuilder,
+    delivery_error: StringBuilder,
+    part_ns: Vec<i64>,
+}
+
+impl Default for AlarmEncoder {
+    fn default() -> Self {
+        AlarmEncoder {
+            id: StringBuilder::new(),
+            time: ts_ns(),
+            names: Default::default(),
+            values: Default::default(),
+            message: StringBuilder::new(),
+            handlers: StringBuilder::new(),
+            delivered: BooleanBuilder::new(),
+            delivery_error: StringBuilder::new(),
+            part_ns: Vec::new(),
+        }
+    }
+}
+
+impl AlarmEncoder {
+    fn len(&self) -> usize {
+        self.part_ns.len()
+    }
+
+    /// `delivered` is `None` while delivery is pending.
+    fn push(&mut self, event: &AlarmEvent, delivered: Option<bool>, delivery_error: Option<&str>) {
+        self.id.append_value(&event.id);
+        self.time.append_value(event.time);
+        let values = [&event.rule, &event.target, &event.level, &event.previous_level];
+        for (builder, value) in self.names.iter_mut().zip(values) {
+            builder.append_value(value);
+        }
+        let [value, threshold] = &mut self.values;
+        value.append_option(event.value);
+        threshold.append_option(event.threshold);
+        self.message.append_value(&event.message);
+        self.handlers.append_value(event.handlers.join(","));
+        self.delivered.append_option(delivered);
+        self.delivery_error.append_option(delivery_error);
+        self.part_ns.push(event.time);
+    }
+
+    /// The chunk of the buffered rows, all recorded now.
+    fn finish(&mut self) -> Result<Option<Chunk>, SinkError> {
+        let recorded_at = TimestampNanosecondArray::from(vec![now_ns(); self.len()]).with_timezone("UTC");
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(self.id.finish()), Arc::new(self.time.finish())];
+        columns.extend(self.names.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.extend(self.values.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+        columns.push(Arc::new(self.message.finish()));
+        columns.push(Arc::new(self.handlers.finish()));
+        columns.push(Arc::new(self.delivered.finish()));
+        columns.push(Arc::new(self.delivery_error.finish()));
+        columns.push(Arc::new(recorded_at));
+        chunk(Table::AlarmLog, columns, &mut self.part_ns)
+    }
+}
+
+/// The wall clock in ns since the Unix epoch (saturating after the year 2262).
+fn now_ns() -> i64 {
+    Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery outcomes, written outside the dataflow.
+
+/// Appends the outcomes of alarm deliveries to `alarm_log` of the lake at `lake`: one row per
+/// delivery, with `delivered` and `delivery_error` set, written synchronously as one new file per
+/// partition hour of the events (one file unless the events span hours).
+///
+/// For the thread that delivers alarms, outside timely: it needs no [`LakeWriter`], and its files
+/// never collide with a writer's, another call's or another process's (their names hold
+/// `delivery`, the process id, the wall clock and a counter). Each file is written under a hidden
+/// temporary name, synced, renamed into place and its directory synced before this returns: a
+/// reader sees all of a file or none of it, and an outcome reported written survives a crash.
+pub fn append_alarm_deliveries(lake: &Path, rows: &[AlarmDelivery]) -> Result<(), SinkError> {
+    /// Tells apart the files of calls within one process in the same nanosecond.
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut encoder = AlarmEncoder::default();
+    for row in rows {
+        encoder.push(&row.event, Some(row.delivered), row.error.as_deref());
+    }
+    let Some(Chunk { table, batch, part_ns, .. }) = encoder.finish()? else { return Ok(()) };
+    let props = writer_properties();
+    for (hour, (_, indices)) in rows_by_hour(&part_ns) {
+        let part = if indices.len() == batch.num_rows() {
+            batch.clone()
+        } else {
+            take_record_batch(&batch, &UInt32Array::from(indices))
+                .map_err(|e| SinkError::Encode { table: table.name(), source: e })?
+        };
+        let dir = partition_path(lake, table, hour)?;
+        fs::create_dir_all(&dir).map_err(|e| SinkError::io("create directory", &dir, e))?;
+        let pid = std::process::id();
+        let (name, path) = loop {
+            let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+            let name = format!("part-delivery-p{pid}-{}-{seq:06}.parquet", now_ns());
+            let path = dir.join(&name);
+            if !path.exists() {
+                break (name, path);
+            }
+        };
+        let tmp = dir.join(format!(".{name}.tmp"));
+        write_in_place(&tmp, &path, &part, props.clone(), FileSync::Now)?;
+        sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The writer thread.
 
@@ -960,14 +1100,7 @@ impl FileWriter {
             let first_ns = part_ns.iter().copied().min().unwrap_or_default();
             return self.write_file(table, first_hour, first_ns, &batch);
         }
-        // Rows of several hours: one file per hour, rows in arrival order within each.
-        let mut by_hour: BTreeMap<i64, (i64, Vec<u32>)> = BTreeMap::new();
-        for (row, ns) in part_ns.iter().enumerate() {
-            let (first_ns, rows) = by_hour.entry(hour(ns)).or_insert((*ns, Vec::new()));
-            *first_ns = (*first_ns).min(*ns);
-            rows.push(row as u32);
-        }
-        for (hour, (first_ns, rows)) in by_hour {
+        for (hour, (first_ns, rows)) in rows_by_hour(&part_ns) {
             let part = take_record_batch(&batch, &UInt32Array::from(rows))
                 .map_err(|e| SinkError::Encode { table: table.name(), source: e })?;
             self.write_file(table, hour, first_ns, &part)?;
@@ -989,7 +1122,7 @@ impl FileWriter {
             }
         };
         let tmp = dir.join(format!(".{name}.tmp"));
-        let bytes = write_in_place(&tmp, &path, batch, self.props.clone())?;
+        let bytes = write_in_place(&tmp, &path, batch, self.props.clone(), FileSync::Later)?;
         self.placed(path, dir, batch.num_rows(), bytes);
         Ok(())
     }
@@ -1003,7 +1136,7 @@ impl FileWriter {
         let name = format!("{prefix}{:03}{suffix}", self.worker);
         let path = dir.join(&name);
         let tmp = dir.join(format!(".{name}.tmp-{}", self.run_ms));
-        let bytes = write_in_place(&tmp, &path, batch, self.props.clone())?;
+        let bytes = write_in_place(&tmp, &path, batch, self.props.clone(), FileSync::Later)?;
         let entries = fs::read_dir(&dir).map_err(|e| SinkError::io("list", &dir, e))?;
         for entry in entries.flatten() {
             let other = entry.file_name();
@@ -1023,14 +1156,7 @@ impl FileWriter {
 
     /// `<lake>/<table>/date=YYYY-MM-DD/hour=HH`, created if needed.
     fn partition_dir(&mut self, table: Table, hour: i64) -> Result<PathBuf, SinkError> {
-        let time: DateTime<Utc> = hour.checked_mul(3_600).and_then(|secs| DateTime::from_timestamp(secs, 0)).ok_or(
-            SinkError::TimestampOutOfRange { table: table.name(), nanos: hour.saturating_mul(NANOS_PER_HOUR) },
-        )?;
-        let dir = self
-            .lake
-            .join(table.name())
-            .join(time.format("date=%Y-%m-%d").to_string())
-            .join(time.format("hour=%H").to_string());
+        let dir = partition_path(&self.lake, table, hour)?;
         if !self.known_dirs.contains(&dir) {
             fs::create_dir_all(&dir).map_err(|e| SinkError::io("create directory", &dir, e))?;
             self.known_dirs.insert(dir.clone());
@@ -1039,10 +1165,50 @@ impl FileWriter {
     }
 }
 
+/// The directory `<lake>/<table>/date=YYYY-MM-DD/hour=HH` of the UTC hour `hour` (hours since
+/// the Unix epoch).
+fn partition_path(lake: &Path, table: Table, hour: i64) -> Result<PathBuf, SinkError> {
+    let time: DateTime<Utc> = hour
+        .checked_mul(3_600)
+        .and_then(|secs| DateTime::from_timestamp(secs, 0))
+        .ok_or(SinkError::TimestampOutOfRange { table: table.name(), nanos: hour.saturating_mul(NANOS_PER_HOUR) })?;
+    Ok(lake.join(table.name()).join(time.format("date=%Y-%m-%d").to_string()).join(time.format("hour=%H").to_string()))
+}
+
+/// The rows of each partition hour (hours since the Unix epoch), in arrival order, with the
+/// hour's earliest partition time (ns).
+fn rows_by_hour(part_ns: &[i64]) -> BTreeMap<i64, (i64, Vec<u32>)> {
+    let mut by_hour: BTreeMap<i64, (i64, Vec<u32>)> = BTreeMap::new();
+    for (row, ns) in part_ns.iter().enumerate() {
+        let (first_ns, rows) = by_hour.entry(ns.div_euclid(NANOS_PER_HOUR)).or_insert((*ns, Vec::new()));
+        *first_ns = (*first_ns).min(*ns);
+        rows.push(row as u32);
+    }
+    by_hour
+}
+
+/// When a file written by [`write_in_place`] is synced.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileSync {
+    /// By the caller, later (the writer thread syncs a barrier's files together).
+    Later,
+    /// Before it is renamed into place (its directory is still the caller's to sync).
+    Now,
+}
+
 /// Writes `batch` under the temporary name `tmp` and renames it to `path`, replacing what was
 /// there; returns its size in bytes. On failure no temporary file is left behind.
-fn write_in_place(tmp: &Path, path: &Path, batch: &RecordBatch, props: WriterProperties) -> Result<u64, SinkError> {
+fn write_in_place(
+    tmp: &Path,
+    path: &Path,
+    batch: &RecordBatch,
+    props: WriterProperties,
+    sync: FileSync,
+) -> Result<u64, SinkError> {
     let written = write_parquet(tmp, batch, props).and_then(|bytes| {
+        if sync == FileSync::Now {
+            File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| SinkError::io("sync file", tmp, e))?;
+        }
         fs::rename(tmp, path).map_err(|e| SinkError::io("rename into place", tmp, e))?;
         Ok(bytes)
     });

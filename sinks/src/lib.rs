@@ -3,11 +3,12 @@
 //! - [`tables`]: the lake's tables and their Arrow schemas, shared by the writer and SQL.
 //! - [`lake`]: [`LakeWriter`], one per worker, writes Hive-partitioned Parquet files through a
 //!   bounded channel to its own writer thread.
-//! - [`sql`]: read-only DataFusion SQL over the lake (its tables and the view `agents`), and result
-//!   formatting (table, CSV, JSON).
-//! - [`influx`]: [`InfluxWriter`], one per worker, writes window, group, ranking, health, late and
-//!   reject points to InfluxDB 1.x over HTTP with batching, gzip, bounded requests in flight,
+//! - [`sql`]: read-only DataFusion SQL over the lake (its tables and the views `agents` and
+//!   `alarm_events`), and result formatting (table, CSV, JSON).
+//! - [`influx`]: [`InfluxWriter`], one per worker, writes window, group, ranking, health, alarm,
+//!   late and reject points to InfluxDB 1.x over HTTP with batching, gzip, bounded requests in flight,
 //!   retries and bisection of refused batches.
+//! - [`notify`]: alarm handlers (Slack, SMTP, webhooks) and the delivery thread.
 //! - [`error`]: [`SinkError`], which says what failed and where.
 
 pub mod error;

@@ -6,8 +6,11 @@
 //! read through a view that keeps one row per record (`DISTINCT ON` the record's key columns); the
 //! window tables (`aggregates`, `groups`, `rankings`) need none, their files are replaced in place
 //! instead. The view `agents` holds the latest row of each key of `agents_history`, unless that
-//! row is a deletion. [`query`] runs one statement and refuses anything that would change state
-//! (DDL, DML, `COPY`, `SET`, …); [`format_batches`] renders results as a text table, CSV or JSON.
+//! row is a deletion. `alarm_log` is read as written — an event's pending row, its delivery
+//! outcomes and the repeats of a replay — and the view `alarm_events` holds one row per event:
+//! its latest outcome if it has one, else its pending row. [`query`] runs one statement and
+//! refuses anything that would change state (DDL, DML, `COPY`, `SET`, …); [`format_batches`]
+//! renders results as a text table, CSV or JSON.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), sinks::SinkError> {
@@ -79,7 +82,31 @@ pub async fn lake_context(path: &Path) -> Result<SessionContext, SinkError> {
         ctx.register_table(table.name(), provider).map_err(register_err)?;
     }
     register_agents(&ctx, path).await?;
+    register_alarm_events(&ctx, path).await?;
     Ok(ctx)
+}
+
+/// The view `alarm_events`: per event `id`, the row of `alarm_log` with a delivery outcome
+/// (`delivered` not null) recorded last — or, while there is none, a pending row (all pending
+/// rows of an event are equal but for `recorded_at`). An outcome wins whatever the clocks say: the
+/// delivery thread may record it before the dataflow's writer flushes the pending row. Ties
+/// (outcomes recorded in the same nanosecond) go to a successful delivery.
+const ALARM_EVENTS_SQL: &str = "SELECT DISTINCT ON (id) \
+     id, time, rule, target, level, previous_level, value, threshold, message, delivered, delivery_error, \
+     handlers, recorded_at \
+     FROM alarm_log \
+     ORDER BY id, delivered IS NULL, recorded_at DESC, delivered DESC";
+
+/// Registers the view `alarm_events` (see [`ALARM_EVENTS_SQL`]).
+async fn register_alarm_events(ctx: &SessionContext, path: &Path) -> Result<(), SinkError> {
+    let register_err = |e: DataFusionError| SinkError::Register {
+        table: "alarm_events",
+        path: path.join(Table::AlarmLog.name()),
+        source: Box::new(e),
+    };
+    let view = ctx.sql(ALARM_EVENTS_SQL).await.map_err(register_err)?.into_view();
+    ctx.register_table("alarm_events", view).map_err(register_err)?;
+    Ok(())
 }
 
 /// Registers the view `agents`: per key, the row of `agents_history` with the greatest
@@ -111,10 +138,11 @@ async fn register_agents(ctx: &SessionContext, path: &Path) -> Result<(), SinkEr
 }
 
 /// The columns that identify one row of a table whose rows a resumed job may write again; `None`
-/// for the window tables, whose files are replaced.
+/// for the tables read as written: the window tables, whose files are replaced, and `alarm_log`,
+/// whose repeats differ in `recorded_at` and are collapsed by the view `alarm_events` instead.
 fn record_key(table: Table) -> Option<&'static [&'static str]> {
     match table {
-        Table::Aggregates | Table::Groups | Table::Rankings => None,
+        Table::Aggregates | Table::Groups | Table::Rankings | Table::AlarmLog => None,
         Table::Late => Some(&[
             "source",
             "partition",
@@ -183,10 +211,6 @@ pub fn agents_before(lake: &Path, before: i64, recent_span: i64) -> Result<Vec<o
          arrow_cast(first_seen, 'Int64') AS first_seen, arrow_cast(last_seen, 'Int64') AS last_seen, health, deleted \
          FROM agents_history WHERE time < to_timestamp_nanos({before}) ORDER BY key, time DESC, deleted DESC"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| SinkError::io("start a runtime for", lake, e))?;
     // Rows are written on changes and in periodic snapshots, so an agent's `last_seen` there may
     // lag: its last window with data before `before` is read from `aggregates`, over the span
     // in which it can be later than the agent's last row (a snapshot interval and then some).
@@ -198,10 +222,7 @@ pub fn agents_before(lake: &Path, before: i64, recent_span: i64) -> Result<Vec<o
          GROUP BY ns_id, mcis_id, vm_id, csp_type",
         since = before.saturating_sub(recent_span)
     );
-    let (batches, recent) = runtime.block_on(async {
-        let ctx = lake_context(lake).await?;
-        Ok::<_, SinkError>((query(&ctx, &sql).await?, query(&ctx, &recent).await?))
-    })?;
+    let [batches, recent] = query_blocking(lake, [&sql, &recent])?;
     let mut last_window = std::collections::HashMap::new();
     for b in &recent {
         let keys = arrow::compute::cast(b.column(0), &DataType::Utf8).expect("strings cast to Utf8");
@@ -282,6 +303,61 @@ pub fn agents_before(lake: &Path, before: i64, recent_span: i64) -> Result<Vec<o
         }
     }
     Ok(rows)
+}
+
+/// The level of every alarm (rule and target) at event time `before` (ns), as `(rule, target,
+/// level, time)` sorted by rule and target: the level and time of its latest event of `alarm_log`
+/// before `before` (of events at the same time, the one recorded last). A job resuming from a
+/// checkpoint starts its alarm state from these. Empty while `alarm_log` has no rows.
+pub fn alarm_levels_before(lake: &Path, before: i64) -> Result<Vec<(String, String, String, i64)>, SinkError> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+
+    let sql = format!(
+        "SELECT DISTINCT ON (rule, target) rule, target, level, arrow_cast(time, 'Int64') AS time_ns \
+         FROM alarm_log WHERE time < to_timestamp_nanos({before}) \
+         ORDER BY rule, target, time DESC, recorded_at DESC"
+    );
+    let [batches] = query_blocking(lake, [&sql])?;
+    let mut levels = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for b in &batches {
+        // Text columns as Utf8 (the lake may hand them over as views).
+        let text = |i: usize| arrow::compute::cast(b.column(i), &DataType::Utf8).expect("strings cast to Utf8");
+        let (rule, target, level) = (text(0), text(1), text(2));
+        let (rule, target, level) = (rule.as_string::<i32>(), target.as_string::<i32>(), level.as_string::<i32>());
+        let time = b.column(3).as_primitive::<Int64Type>();
+        for r in 0..b.num_rows() {
+            // Never null in the lake's schema: a row that is anyway is left out, not trusted.
+            if rule.is_null(r) || target.is_null(r) || level.is_null(r) || time.is_null(r) {
+                continue;
+            }
+            levels.push((
+                rule.value(r).to_string(),
+                target.value(r).to_string(),
+                level.value(r).to_string(),
+                time.value(r),
+            ));
+        }
+    }
+    levels.sort();
+    Ok(levels)
+}
+
+/// Runs queries over the lake at `lake` on a runtime of its own, for callers outside async code
+/// (a job restoring its state before it starts).
+fn query_blocking<const N: usize>(lake: &Path, sqls: [&str; N]) -> Result<[Vec<RecordBatch>; N], SinkError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SinkError::io("start a runtime for", lake, e))?;
+    runtime.block_on(async {
+        let ctx = lake_context(lake).await?;
+        let mut results: [Vec<RecordBatch>; N] = std::array::from_fn(|_| Vec::new());
+        for (result, sql) in results.iter_mut().zip(sqls) {
+            *result = query(&ctx, sql).await?;
+        }
+        Ok(results)
+    })
 }
 
 fn read_only_options() -> SQLOptions {

@@ -9,8 +9,8 @@
 //! [`crate::lake`].
 //!
 //! Window bounds (`window_start`, `window_end` of `aggregates`, `groups` and `rankings`) are UTC
-//! timestamps in milliseconds; event times (`late.timestamp`, `agents_history.time`, …) are UTC
-//! timestamps in nanoseconds.
+//! timestamps in milliseconds; event times (`late.timestamp`, `agents_history.time`,
+//! `alarm_log.time`, …) are UTC timestamps in nanoseconds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -21,11 +21,13 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use crate::error::SinkError;
 
 /// The names of the lake's tables, in [`Table::ALL`] order.
-pub const TABLES: &[&str] = &["aggregates", "late", "rejects", "agents_history", "agent_health", "groups", "rankings"];
+pub const TABLES: &[&str] =
+    &["aggregates", "late", "rejects", "agents_history", "agent_health", "groups", "rankings", "alarm_log"];
 
 /// Views that SQL derives from the lake's tables (they have no directory of their own):
-/// `agents`, the latest row of each key of `agents_history` that is not deleted.
-pub const VIEWS: &[&str] = &["agents"];
+/// `agents`, the latest row of each key of `agents_history` that is not deleted, and
+/// `alarm_events`, one row per alarm event of `alarm_log` with its delivery outcome if known.
+pub const VIEWS: &[&str] = &["agents", "alarm_events"];
 
 /// The Hive partition columns of every table, outermost first.
 pub const PARTITION_COLUMNS: &[&str] = &["date", "hour"];
@@ -47,11 +49,13 @@ pub enum Table {
     Groups,
     /// Top-k and bottom-k groups per window, level and metric.
     Rankings,
+    /// Alarm events as raised (delivery pending) and again with each delivery outcome.
+    AlarmLog,
 }
 
 impl Table {
     /// Every table, in [`TABLES`] order.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Aggregates,
         Table::Late,
         Table::Rejects,
@@ -59,6 +63,7 @@ impl Table {
         Table::AgentHealth,
         Table::Groups,
         Table::Rankings,
+        Table::AlarmLog,
     ];
 
     /// The table's name (its directory in the lake and its name in SQL).
@@ -71,6 +76,7 @@ impl Table {
             Table::AgentHealth => "agent_health",
             Table::Groups => "groups",
             Table::Rankings => "rankings",
+            Table::AlarmLog => "alarm_log",
         }
     }
 
@@ -80,7 +86,7 @@ impl Table {
             Table::Aggregates => "window_start",
             Table::Late => "timestamp",
             Table::Rejects => "received_at",
-            Table::AgentsHistory | Table::AgentHealth => "time",
+            Table::AgentsHistory | Table::AgentHealth | Table::AlarmLog => "time",
             Table::Groups | Table::Rankings => "window_start",
         }
     }
@@ -154,6 +160,19 @@ impl Table {
                 .chain(["level", "metric", "order"].map(utf8))
                 .chain([Field::new("rank", DataType::UInt32, false), utf8("group_id"), f64("value")])
                 .collect(),
+            Table::AlarmLog => [utf8("id"), ts_ns("time")]
+                .into_iter()
+                .chain(["rule", "target", "level", "previous_level"].map(utf8))
+                // Null for NODATA (and, for the threshold, NODATA → OK).
+                .chain(["value", "threshold"].map(|name| nullable(f64(name))))
+                // Handler names joined with ",".
+                .chain(["message", "handlers"].map(utf8))
+                // Null while delivery is pending (or the rule has no handlers); `delivery_error`
+                // also when delivered.
+                .chain([nullable(Field::new("delivered", DataType::Boolean, false)), nullable(utf8("delivery_error"))])
+                // Wall clock when the row was written: orders the rows of one event.
+                .chain([ts_ns("recorded_at")])
+                .collect(),
         };
         Schema::new(fields)
     }
@@ -218,6 +237,11 @@ mod tests {
         assert_eq!(names(Table::AgentHealth), "time,ns_id,mcis_id,vm_id,csp_type,from,to,reason");
         assert_eq!(names(Table::Groups), "window_start,window_end,level,group_id,metric,value,vm_count");
         assert_eq!(names(Table::Rankings), "window_start,window_end,level,metric,order,rank,group_id,value");
+        assert_eq!(
+            names(Table::AlarmLog),
+            "id,time,rule,target,level,previous_level,value,threshold,message,handlers,delivered,delivery_error,\
+             recorded_at"
+        );
         let nullable = |t: Table| {
             t.schema().fields().iter().filter(|f| f.is_nullable()).map(|f| f.name().clone()).collect::<Vec<_>>()
         };
@@ -227,6 +251,7 @@ mod tests {
             ["vcpu", "memory_gib", "cost_per_hour", "pull_url", "first_seen", "last_seen"]
         );
         assert!(nullable(Table::Groups).is_empty() && nullable(Table::AgentHealth).is_empty());
+        assert_eq!(nullable(Table::AlarmLog), ["value", "threshold", "delivered", "delivery_error"]);
         let sql = Table::Rejects.sql_schema();
         assert_eq!(sql.fields().len(), 8);
         assert_eq!(sql.field(7).name(), "hour");

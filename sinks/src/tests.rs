@@ -9,9 +9,11 @@ use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{
     Float64Type, Int32Type, Int64Type, TimestampMillisecondType, TimestampNanosecondType, UInt32Type, UInt64Type,
 };
+use chrono::Utc;
 use operators::aggregate::{Agg, Counters};
 use operators::model::{
-    AgentRow, AgentTags, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow, SeriesKey, SinkItem, WindowBatch,
+    AgentRow, AgentTags, AlarmDelivery, AlarmEvent, GroupRow, HealthRow, LateRow, Origin, RankRow, RejectRow,
+    SeriesKey, SinkItem, WindowBatch,
 };
 use operators::registry::{AgentRecord, AgentState, Mechanism};
 
@@ -265,9 +267,10 @@ async fn files_are_snappy_with_statistics() {
 #[tokio::test]
 async fn empty_tables_are_queryable() {
     let dir = tempfile::tempdir().expect("tempdir");
-    // No lake at all: every table is registered empty, with its partition columns.
+    // No lake at all: every table is registered empty, with its partition columns, and every
+    // view reads from those.
     let missing = dir.path().join("no-lake-yet");
-    for table in crate::TABLES {
+    for table in crate::TABLES.iter().chain(crate::VIEWS) {
         let batches = rows(&missing, &format!("SELECT * FROM {table}")).await;
         assert_eq!(num_rows(&batches), 0, "{table}");
     }
@@ -281,6 +284,9 @@ async fn empty_tables_are_queryable() {
     for table in crate::TABLES {
         let batches = rows(&lake, &format!("SELECT * FROM {table} WHERE date = '2024-01-01'")).await;
         assert_eq!(num_rows(&batches), 0, "{table}");
+    }
+    for view in crate::VIEWS {
+        assert_eq!(num_rows(&rows(&lake, &format!("SELECT * FROM {view}")).await), 0, "{view}");
     }
 }
 
@@ -932,4 +938,245 @@ fn a_resuming_job_reads_each_agents_last_row_and_last_window() {
     assert_eq!((vm1.first_seen, vm1.last_seen), (Some(T0), Some(T0 + 30 * SEC)));
     let vm2 = rows.iter().find(|r| r.record.vm_id == "vm-2").expect("vm-2");
     assert!(vm2.deleted && vm2.time == T0 + 30 * SEC);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The alarm log: events as raised, their delivery outcomes, and the view `alarm_events`.
+
+fn alarm(id: &str, time: i64, rule: &str, target: &str, previous: &str, level: &str, value: Option<f64>) -> AlarmEvent {
+    AlarmEvent {
+        id: id.into(),
+        time,
+        rule: rule.into(),
+        target: target.into(),
+        level: level.into(),
+        previous_level: previous.into(),
+        value,
+        threshold: value.map(|_| 90.0),
+        message: format!("{rule} on {target}: {level}"),
+        handlers: vec!["ops-slack".into(), "pager".into()],
+    }
+}
+
+fn delivery(event: &AlarmEvent, error: Option<&str>) -> AlarmDelivery {
+    AlarmDelivery { event: event.clone(), delivered: error.is_none(), error: error.map(str::to_string) }
+}
+
+fn bools(batches: &[RecordBatch], column: usize) -> Vec<Option<bool>> {
+    batches.iter().flat_map(|b| b.column(column).as_boolean().iter().collect::<Vec<_>>()).collect()
+}
+
+fn count(batches: &[RecordBatch]) -> i64 {
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// Writes `events` through a LakeWriter of its own (one run of a job).
+fn write_alarms(lake: &Path, events: &[AlarmEvent]) {
+    let mut w = LakeWriter::new(LakeConfig::new(lake), 0).expect("writer");
+    w.push(SinkItem::Alarms(events.to_vec())).expect("push");
+    assert_eq!(w.buffered_rows(), events.len(), "alarm events wait for a flush");
+    let stats = w.finish().expect("finish");
+    assert_eq!(stats.rows, events.len() as u64);
+}
+
+#[tokio::test]
+async fn alarm_events_round_trip_through_sql() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let started = Utc::now().timestamp_nanos_opt().expect("now");
+    let events = [
+        alarm("a1", T0, "cpu high", "ns-1/mcis-1/vm-1", "OK", "WARNING", Some(91.5)),
+        // The next day: a file in another partition.
+        AlarmEvent { handlers: Vec::new(), ..alarm("a2", T0 + 20 * SEC, "cpu high", "vm, 2", "OK", "NODATA", None) },
+    ];
+    write_alarms(lake, &events);
+    let files = table_files(lake, "alarm_log");
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(files[0].starts_with("date=2024-03-10/hour=23/part-w000-"), "{files:?}");
+    assert!(files[1].starts_with("date=2024-03-11/hour=00/part-w000-"), "{files:?}");
+
+    // Every column of the raw table, exactly; delivery is pending.
+    let b = rows(
+        lake,
+        "SELECT id, time, rule, target, level, previous_level, value, threshold, message, handlers, delivered, \
+         delivery_error, recorded_at, date, hour FROM alarm_log ORDER BY time",
+    )
+    .await;
+    assert_eq!(num_rows(&b), 2);
+    assert_eq!(strings(&b, 0), ["a1", "a2"]);
+    assert_eq!(nanos(&b, 1), [Some(T0), Some(T0 + 20 * SEC)]);
+    assert_eq!(strings(&b, 2), ["cpu high", "cpu high"]);
+    assert_eq!(strings(&b, 3), ["ns-1/mcis-1/vm-1", "vm, 2"]);
+    assert_eq!(strings(&b, 4), ["WARNING", "NODATA"]);
+    assert_eq!(strings(&b, 5), ["OK", "OK"]);
+    assert_eq!(floats(&b, 6), [Some(91.5), None]);
+    assert_eq!(floats(&b, 7), [Some(90.0), None]);
+    assert_eq!(strings(&b, 8), ["cpu high on ns-1/mcis-1/vm-1: WARNING", "cpu high on vm, 2: NODATA"]);
+    assert_eq!(strings(&b, 9), ["ops-slack,pager", ""]);
+    assert_eq!(bools(&b, 10), [None, None]);
+    assert_eq!(strings(&b, 11), ["NULL", "NULL"]);
+    let recorded = nanos(&b, 12);
+    let finished = Utc::now().timestamp_nanos_opt().expect("now");
+    assert!(recorded.iter().all(|t| t.is_some_and(|t| (started..=finished).contains(&t))), "{recorded:?}");
+    assert_eq!(
+        (strings(&b, 13), strings(&b, 14)),
+        (vec!["2024-03-10".into(), "2024-03-11".into()], vec!["23".into(), "00".into()])
+    );
+
+    // The view's columns, in order, and its rows.
+    let b = rows(lake, "SELECT * FROM alarm_events ORDER BY id").await;
+    let names: Vec<String> = b[0].schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(
+        names.join(","),
+        "id,time,rule,target,level,previous_level,value,threshold,message,delivered,delivery_error,handlers,recorded_at"
+    );
+    assert_eq!(strings(&b, 0), ["a1", "a2"]);
+    assert_eq!(nanos(&b, 1), [Some(T0), Some(T0 + 20 * SEC)]);
+    assert_eq!(floats(&b, 6), [Some(91.5), None]);
+    assert_eq!(bools(&b, 9), [None, None]);
+}
+
+#[tokio::test]
+async fn a_delivery_outcome_supersedes_the_pending_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let a1 = alarm("a1", T0, "cpu high", "vm-1", "OK", "CRITICAL", Some(97.0));
+    let a2 = alarm("a2", T0 + 20 * SEC, "cpu high", "vm-2", "OK", "WARNING", Some(91.0));
+    let a3 = alarm("a3", T0 + 30 * SEC, "cpu high", "vm-3", "OK", "WARNING", Some(92.0));
+    // a3's outcome is recorded before its pending row is written: the outcome still wins.
+    crate::lake::append_alarm_deliveries(lake, &[delivery(&a3, None)]).expect("append");
+    write_alarms(lake, &[a1.clone(), a2.clone(), a3.clone()]);
+    // One call with events of two hours: a file in each partition.
+    crate::lake::append_alarm_deliveries(lake, &[delivery(&a1, Some("pager: HTTP 503")), delivery(&a2, None)])
+        .expect("append");
+    // a1 delivered on a later try.
+    crate::lake::append_alarm_deliveries(lake, &[delivery(&a1, None)]).expect("append");
+    crate::lake::append_alarm_deliveries(lake, &[]).expect("nothing to append");
+
+    let files = table_files(lake, "alarm_log");
+    let deliveries: Vec<&String> = files.iter().filter(|f| f.contains("/part-delivery-")).collect();
+    assert_eq!((files.len(), deliveries.len()), (6, 4), "{files:?}");
+    let pid = format!("/part-delivery-p{}-", std::process::id());
+    assert!(deliveries.iter().all(|f| f.contains(&pid) && f.ends_with(".parquet")), "{files:?}");
+    assert!(files.iter().all(|f| !f.contains("/.")), "no temporary files left: {files:?}");
+    assert!(deliveries[0].starts_with("date=2024-03-10/hour=23/"), "{files:?}");
+
+    // The raw table keeps every row: pending, failed and delivered.
+    let b = rows(
+        lake,
+        "SELECT id, delivered, delivery_error FROM alarm_log \
+         ORDER BY id, delivered IS NULL DESC, recorded_at",
+    )
+    .await;
+    assert_eq!(strings(&b, 0), ["a1", "a1", "a1", "a2", "a2", "a3", "a3"]);
+    assert_eq!(bools(&b, 1), [None, Some(false), Some(true), None, Some(true), None, Some(true)]);
+    assert_eq!(strings(&b, 2), ["NULL", "pager: HTTP 503", "NULL", "NULL", "NULL", "NULL", "NULL"]);
+
+    // The view: one row per event, with its last outcome.
+    let b = rows(lake, "SELECT id, level, delivered, delivery_error, handlers FROM alarm_events ORDER BY id").await;
+    assert_eq!(strings(&b, 0), ["a1", "a2", "a3"]);
+    assert_eq!(strings(&b, 1), ["CRITICAL", "WARNING", "WARNING"]);
+    assert_eq!(bools(&b, 2), [Some(true), Some(true), Some(true)]);
+    assert_eq!(strings(&b, 3), ["NULL", "NULL", "NULL"]);
+    assert_eq!(strings(&b, 4), ["ops-slack,pager"; 3]);
+
+    // Undelivered events are one query away.
+    let b = rows(lake, "SELECT count(*) FROM alarm_events WHERE delivered IS NOT TRUE").await;
+    assert_eq!(count(&b), 0);
+}
+
+#[tokio::test]
+async fn replayed_alarm_events_collapse() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let a1 = alarm("a1", T0, "cpu high", "vm-1", "OK", "CRITICAL", Some(97.0));
+    let a2 = alarm("a2", T0 + 5 * SEC, "mem high", "vm-1", "OK", "WARNING", Some(91.0));
+    // A job resumed from a checkpoint raises the same events again; a2 was delivered in between.
+    write_alarms(lake, &[a1.clone(), a2.clone()]);
+    crate::lake::append_alarm_deliveries(lake, &[delivery(&a2, Some("ops-slack: timed out"))]).expect("append");
+    write_alarms(lake, &[a1.clone(), a2.clone()]);
+    // The replayed pending row, recorded last, does not hide a2's outcome.
+    let view = "SELECT id, delivered, delivery_error FROM alarm_events ORDER BY id";
+    for appended in [5, 6] {
+        assert_eq!(count(&rows(lake, "SELECT count(*) FROM alarm_log").await), appended);
+        let b = rows(lake, view).await;
+        assert_eq!(strings(&b, 0), ["a1", "a2"]);
+        assert_eq!(bools(&b, 1), [None, Some(false)]);
+        assert_eq!(strings(&b, 2), ["NULL", "ops-slack: timed out"]);
+        // Then a2 is delivered again, and fails again the same way.
+        crate::lake::append_alarm_deliveries(lake, &[delivery(&a2, Some("ops-slack: timed out"))]).expect("append");
+    }
+    assert_eq!(count(&rows(lake, "SELECT count(DISTINCT id) FROM alarm_log").await), 2);
+}
+
+#[tokio::test]
+async fn alarm_events_are_listed_by_level_and_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    let events = [
+        alarm("a1", T0 - 60 * SEC, "cpu high", "vm-1", "WARNING", "CRITICAL", Some(97.0)),
+        alarm("a2", T0, "cpu high", "vm-2", "WARNING", "CRITICAL", Some(98.0)),
+        alarm("a3", T0 + 10 * SEC, "cpu high", "vm-2", "CRITICAL", "OK", Some(40.0)),
+        alarm("a4", T0 + 20 * SEC, "cpu high", "vm-3", "WARNING", "CRITICAL", Some(99.0)),
+        alarm("a5", T0 + 40 * SEC, "cpu high", "vm-3", "CRITICAL", "WARNING", Some(92.0)),
+    ];
+    write_alarms(lake, &events);
+    // Written twice: the listing does not repeat them.
+    write_alarms(lake, &events[1..3]);
+    let b = rows(
+        lake,
+        "SELECT id, target, value FROM alarm_events \
+         WHERE level = 'CRITICAL' AND time >= TIMESTAMP '2024-03-10T23:59:50Z' \
+         AND time < TIMESTAMP '2024-03-11T00:00:30Z' ORDER BY time",
+    )
+    .await;
+    assert_eq!(strings(&b, 0), ["a2", "a4"]);
+    assert_eq!(strings(&b, 1), ["vm-2", "vm-3"]);
+    assert_eq!(floats(&b, 2), [Some(98.0), Some(99.0)]);
+    // The partition columns prune the raw table by date.
+    let b = rows(lake, "SELECT count(*) FROM alarm_log WHERE date = '2024-03-11' AND level = 'CRITICAL'").await;
+    assert_eq!(count(&b), 1);
+    let b = rows(lake, "SELECT level, count(*) AS n FROM alarm_events GROUP BY level ORDER BY level").await;
+    assert_eq!(strings(&b, 0), ["CRITICAL", "OK", "WARNING"]);
+    assert_eq!(b[0].column(1).as_primitive::<Int64Type>().values(), &[3, 1, 1]);
+}
+
+#[test]
+fn a_resuming_job_reads_each_alarms_last_level() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    assert!(crate::sql::alarm_levels_before(&lake.join("no-lake-yet"), T0).expect("read").is_empty());
+    // A started lake without alarms.
+    LakeWriter::new(LakeConfig::new(lake), 0).expect("writer").finish().expect("finish");
+    assert!(crate::sql::alarm_levels_before(lake, T0).expect("read").is_empty());
+
+    write_alarms(
+        lake,
+        &[
+            alarm("a1", T0 - 20 * SEC, "cpu high", "vm-1", "OK", "WARNING", Some(91.0)),
+            alarm("a2", T0 - 10 * SEC, "cpu high", "vm-1", "WARNING", "CRITICAL", Some(97.0)),
+            // At the cut: not before it.
+            alarm("a3", T0, "cpu high", "vm-1", "CRITICAL", "OK", Some(10.0)),
+            alarm("a4", T0 - 30 * SEC, "cpu high", "vm-2", "OK", "NODATA", None),
+            alarm("a5", T0 - 30 * SEC, "mem high", "vm-1", "OK", "WARNING", Some(91.0)),
+            alarm("a6", T0 + 10 * SEC, "mem high", "vm-2", "OK", "WARNING", Some(91.0)),
+        ],
+    );
+    // Two events of one alarm at the same time (a rule changed between runs): the later recorded.
+    write_alarms(lake, &[alarm("a7", T0 - 30 * SEC, "mem high", "vm-1", "OK", "CRITICAL", Some(99.0))]);
+    // Delivery rows do not change levels.
+    let a4 = alarm("a4", T0 - 30 * SEC, "cpu high", "vm-2", "OK", "NODATA", None);
+    crate::lake::append_alarm_deliveries(lake, &[delivery(&a4, None)]).expect("append");
+
+    let levels = crate::sql::alarm_levels_before(lake, T0).expect("read");
+    let expected = [
+        ("cpu high", "vm-1", "CRITICAL", T0 - 10 * SEC),
+        ("cpu high", "vm-2", "NODATA", T0 - 30 * SEC),
+        ("mem high", "vm-1", "CRITICAL", T0 - 30 * SEC),
+    ]
+    .map(|(rule, target, level, time)| (rule.to_string(), target.to_string(), level.to_string(), time));
+    assert_eq!(levels, expected);
+    let later = crate::sql::alarm_levels_before(lake, T0 + 11 * SEC).expect("read");
+    assert_eq!(later.len(), 4);
+    assert_eq!(later[0], ("cpu high".to_string(), "vm-1".to_string(), "OK".to_string(), T0));
 }

@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod alarms;
 pub mod bench;
 pub mod demo;
 pub mod loadgen;
@@ -60,6 +61,12 @@ pub fn print_report(report: &pipelines::JobReport, metrics: &JobMetrics) {
         println!("replayed:    {} values read again after a restart, already written", report.replayed);
     }
     println!("windows out: {} ({} aggregate rows, {} files)", report.windows, report.rows, report.files);
+    let alarms = metrics.alarm_events.load(std::sync::atomic::Ordering::Relaxed);
+    if alarms > 0 {
+        let delivered = metrics.alarm_deliveries.load(std::sync::atomic::Ordering::Relaxed);
+        let failed = metrics.alarm_delivery_failures.load(std::sync::atomic::Ordering::Relaxed);
+        println!("alarms:      {alarms} events ({delivered} delivered, {failed} not delivered)");
+    }
     if let Some(c) = &report.checkpoint {
         println!(
             "checkpoint:  epoch {}, windows before {} written, {} partitions committed",

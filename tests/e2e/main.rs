@@ -4,6 +4,7 @@
 //! service: Kafka is librdkafka's in-process mock cluster. Tests against real services (tansu,
 //! InfluxDB) live in `services`, and need what `tests/run-all.sh` starts.
 
+mod alarms;
 mod cli;
 mod common;
 mod crash;

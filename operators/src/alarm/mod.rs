@@ -57,6 +57,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod eval;
+
+pub use eval::{AlarmInput, Evaluator, Rule, RuleAggregate, RuleTarget, Watch};
+
 /// How a value is compared with a threshold: the value breaches when `value <op> threshold`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Comparison {
@@ -154,6 +158,11 @@ pub enum Level {
 }
 
 impl Level {
+    /// Parses `OK`, `WARNING`, `CRITICAL` or `NODATA`.
+    pub fn parse(text: &str) -> Option<Level> {
+        [Level::Ok, Level::Warning, Level::Critical, Level::NoData].into_iter().find(|l| l.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Level::Ok => "OK",
@@ -243,6 +252,24 @@ impl AlarmState {
     /// OK, with no streak and no silence.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A state carried over from an earlier run, of which only the level is known: no streak,
+    /// no silence.
+    pub fn restored(level: Level) -> Self {
+        AlarmState { level, ..Self::default() }
+    }
+
+    /// Whether the state behaves exactly like a new one: OK, with no streak. (Silence does not
+    /// matter at OK: it raises nothing, and the next value resets it.)
+    pub fn is_fresh(&self) -> bool {
+        self.level == Level::Ok && self.warn_streak == 0 && self.crit_streak == 0
+    }
+
+    /// Whether more silent windows can change nothing: the state is NODATA, or it is OK, or the
+    /// silence already reached `nodata_after`.
+    fn silence_settled(&self, rules: &RuleLevels) -> bool {
+        matches!(self.level, Level::Ok | Level::NoData) || self.silent >= rules.nodata_after.max(1)
     }
 
     pub fn level(&self) -> Level {

@@ -1,0 +1,149 @@
+//! A job's alarms: its `[[alarm]]` rules as the evaluator runs them, the delivery of their events
+//! through the `[[handler]]`s, and the levels a resumed job carries on.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use operators::alarm::eval::RestoredLevel;
+use operators::alarm::{Level, Rule, RuleAggregate, RuleLevels, RuleTarget, Watch};
+use operators::model::{AlarmDelivery, AlarmEvent};
+use sinks::notify::Dispatcher;
+
+use crate::metrics::JobMetrics;
+use crate::spec::{AlarmAggregate, AlarmSpec, AlarmTarget, AlarmWatch, JobSpec, SinkSpec};
+
+/// The rules of a spec, in the order written.
+pub fn rules(spec: &JobSpec) -> Vec<Rule> {
+    spec.alarms.iter().map(|a| rule(a, spec)).collect()
+}
+
+/// One `[[alarm]]` as the evaluator runs it.
+pub fn rule(a: &AlarmSpec, spec: &JobSpec) -> Rule {
+    let watch = match &a.watch {
+        AlarmWatch::Field { measurement, field, aggregate } => Watch::Field {
+            measurement: measurement.clone(),
+            field: field.clone(),
+            aggregate: match aggregate {
+                AlarmAggregate::Mean => RuleAggregate::Mean,
+                AlarmAggregate::Min => RuleAggregate::Min,
+                AlarmAggregate::Max => RuleAggregate::Max,
+                AlarmAggregate::Last => RuleAggregate::Last,
+                AlarmAggregate::Count => RuleAggregate::Count,
+                AlarmAggregate::Rate => RuleAggregate::Rate,
+            },
+        },
+        AlarmWatch::Group { level, metric } => Watch::Group { level: *level, metric: metric.clone() },
+    };
+    Rule {
+        name: a.name.clone(),
+        watch,
+        target: match a.target {
+            AlarmTarget::Vm => RuleTarget::Vm,
+            AlarmTarget::Mcis => RuleTarget::Mcis,
+            AlarmTarget::Ns => RuleTarget::Ns,
+            AlarmTarget::Csp => RuleTarget::Csp,
+            AlarmTarget::All => RuleTarget::All,
+        },
+        target_id: a.target_id.clone(),
+        levels: RuleLevels {
+            comparison: a.comparison,
+            warn: a.warn,
+            crit: a.crit,
+            warn_windows: a.warn_windows,
+            crit_windows: a.crit_windows,
+            warn_reset: a.warn_reset,
+            crit_reset: a.crit_reset,
+            nodata_after: a.nodata_windows(&spec.registry),
+        },
+        message: a.message.clone(),
+        handlers: a.handlers.clone(),
+    }
+}
+
+/// The lake of a spec, if it has a Parquet sink.
+pub fn lake_path(spec: &JobSpec) -> Option<PathBuf> {
+    spec.sinks.iter().find_map(|s| match s {
+        SinkSpec::Parquet(p) => Some(p.path.clone()),
+        _ => None,
+    })
+}
+
+/// Starts delivering events through the spec's handlers, if any rule names one. Outcomes are
+/// appended to the lake's alarm log (when the job has a lake) and counted in `metrics`.
+pub fn start_dispatcher(spec: &JobSpec, metrics: Arc<JobMetrics>) -> std::io::Result<Option<Arc<Dispatcher>>> {
+    if !spec.alarms.iter().any(|a| !a.handlers.is_empty()) {
+        return Ok(None);
+    }
+    let lake = lake_path(spec);
+    let outcomes = Box::new(move |rows: Vec<AlarmDelivery>| {
+        let failed = rows.iter().filter(|r| !r.delivered).count() as u64;
+        metrics.alarm_deliveries.fetch_add(rows.len() as u64 - failed, Ordering::Relaxed);
+        metrics.alarm_delivery_failures.fetch_add(failed, Ordering::Relaxed);
+        for r in rows.iter().filter(|r| !r.delivered) {
+            // Handler errors name the handler and never carry its secrets.
+            let error = r.error.as_deref().unwrap_or("not delivered");
+            eprintln!("dragonflow: alarm {} {} on {}: {error}", r.event.rule, r.event.level, r.event.target);
+            metrics.error(format!("alarm delivery: {error}"));
+        }
+        if let Some(lake) = &lake {
+            if let Err(e) = sinks::lake::append_alarm_deliveries(lake, &rows) {
+                eprintln!("dragonflow: cannot record alarm deliveries in the lake: {e}");
+                metrics.error(format!("alarm log: {e}"));
+            }
+        }
+    });
+    Dispatcher::start(spec.handlers.clone(), outcomes).map(|d| Some(Arc::new(d)))
+}
+
+/// How long a job that ends waits for deliveries still in flight: one full retry policy of the
+/// slowest handler, at most a minute.
+pub fn delivery_grace(spec: &JobSpec) -> Duration {
+    spec.handlers
+        .iter()
+        .map(|h| h.timeout * (h.retries + 1) + Duration::from_secs(1))
+        .max()
+        .unwrap_or_default()
+        .min(Duration::from_secs(60))
+}
+
+/// Sends an event to its handlers, if it has any.
+pub fn dispatch(dispatcher: &Option<Arc<Dispatcher>>, event: &AlarmEvent) {
+    if let (Some(d), false) = (dispatcher, event.handlers.is_empty()) {
+        d.send(event.clone());
+    }
+}
+
+/// The levels a job resuming at `frontier` carries on: the latest of each (rule, target) in the
+/// lake's alarm log before it.
+pub fn restored_levels(lake: &Path, frontier: i64) -> Result<Vec<RestoredLevel>, String> {
+    let rows = sinks::sql::alarm_levels_before(lake, frontier).map_err(|e| e.to_string())?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(rule, target, level, _)| Some(RestoredLevel { rule, target, level: Level::parse(&level)? }))
+        .collect())
+}
+
+/// A sample event of a rule, for checking its handlers: CRITICAL on its target (or a made-up
+/// one), with the rule's threshold and message.
+pub fn sample_event(rule: &Rule, now_ns: i64) -> AlarmEvent {
+    let levels = &rule.levels;
+    let (level, threshold) = match (levels.crit, levels.warn) {
+        (Some(c), _) => (Level::Critical, c),
+        (None, Some(w)) => (Level::Warning, w),
+        (None, None) => (Level::Critical, 0.0),
+    };
+    let value = match levels.comparison {
+        operators::alarm::Comparison::Gt | operators::alarm::Comparison::Ge => threshold + 1.0,
+        operators::alarm::Comparison::Lt | operators::alarm::Comparison::Le => threshold - 1.0,
+        operators::alarm::Comparison::Eq => threshold,
+        operators::alarm::Comparison::Ne => threshold + 1.0,
+    };
+    let target = rule.target_id.clone().unwrap_or_else(|| "sample-target".to_string());
+    let transition =
+        operators::alarm::Transition { level, previous: Level::Ok, value: Some(value), threshold: Some(threshold) };
+    let mut event = operators::alarm::eval::event(rule, &target, now_ns, transition);
+    event.message = format!("[test] {}", event.message);
+    event
+}

@@ -1,1 +1,0 @@
-//! Alarm handlers: delivery of alarm events to Slack, SMTP and webhooks.
