@@ -191,6 +191,23 @@ impl Coordinator {
         self.lock().finals[index % self.workers] = Some(contribution);
     }
 
+    /// Once every worker of this process stopped reading: the frontier [`Coordinator::write_final`]
+    /// will write, before which windows are final. `None` while a worker still reads.
+    pub fn final_frontier(&self) -> Option<i64> {
+        let s = self.lock();
+        if s.finals.iter().any(|f| f.is_none()) {
+            return None;
+        }
+        let last = s.written.as_ref().map(|c| c.frontier);
+        let closed = s.finals.iter().flatten().filter_map(|f| f.closed_before).min();
+        Some(match (last, closed) {
+            (Some(l), Some(c)) => l.max(c),
+            (Some(l), None) => l,
+            (None, Some(c)) => c,
+            (None, None) => i64::MIN,
+        })
+    }
+
     /// After every sink finished: writes the checkpoint of the job's end and returns it.
     ///
     /// Windows are taken as durable only before the frontier every worker had closed when it

@@ -361,6 +361,7 @@ fn run_worker(
     let sink_metrics = metrics.clone();
     let probe = ProbeHandle::new();
     let barriers = coordinator.is_some();
+    let final_coordinator = coordinator.clone();
     let checkpoints = coordinator.map(|coordinator| SourceCheckpoints {
         coordinator,
         probe: probe.clone(),
@@ -406,8 +407,17 @@ fn run_worker(
         if let Some(inputs) = alarm_inputs {
             let AlarmSetup { levels, evaluated_until } = alarm_setup;
             let alarm_metrics = metrics.clone();
-            let events =
-                evaluate(inputs, rules, size, metrics.data_watermark(), levels, evaluated_until).inspect(move |e| {
+            let closed_by_data = metrics.data_watermark();
+            // A stopped job's windows are final only before the frontier its checkpoint will
+            // record; until every worker has stopped reading, only the data's watermark is sure.
+            let watermark = closed_by_data.clone();
+            let evaluable_before: Arc<dyn Fn() -> i64 + Send + Sync> =
+                Arc::new(move || match (&final_coordinator, control.stopping()) {
+                    (Some(c), true) => c.final_frontier().unwrap_or_else(|| watermark().saturating_add(1)),
+                    _ => i64::MAX,
+                });
+            let events = evaluate(inputs, rules, size, closed_by_data, evaluable_before, levels, evaluated_until)
+                .inspect(move |e| {
                     alarm_metrics.alarm_events.fetch_add(1, Ordering::Relaxed);
                     crate::alarms::dispatch(&dispatcher, e);
                 });

@@ -11,7 +11,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use pipelines::spec::{JobSpec, KafkaSource, KeysConfig, ParquetSink, SinkSpec, SourceSpec, StartAt, WindowConfig};
+use operators::alarm::Comparison;
+use pipelines::spec::{
+    AlarmAggregate, AlarmSpec, AlarmTarget, AlarmWatch, JobSpec, KafkaSource, KeysConfig, ParquetSink, SinkSpec,
+    SourceSpec, StartAt, WindowConfig, DEFAULT_ALARM_MESSAGE,
+};
 use pipelines::{run_job, JobControl, JobMetrics, RunOptions};
 use rdkafka::mocking::MockCluster;
 use sinks::sql::OutputFormat;
@@ -39,6 +43,30 @@ pub struct DemoArgs {
 }
 
 const TOPIC: &str = "metrics";
+
+/// The demo's alarm rule: a VM whose idle CPU stays low. No handler: events go to the lake only.
+fn demo_alarm() -> AlarmSpec {
+    AlarmSpec {
+        name: "cpu_busy".into(),
+        watch: AlarmWatch::Field {
+            measurement: "cpu".into(),
+            field: "usage_idle".into(),
+            aggregate: AlarmAggregate::Mean,
+        },
+        target: AlarmTarget::Vm,
+        target_id: None,
+        comparison: Comparison::Lt,
+        warn: Some(40.0),
+        crit: Some(20.0),
+        warn_windows: 2,
+        crit_windows: 2,
+        warn_reset: Some(50.0),
+        crit_reset: Some(25.0),
+        handlers: Vec::new(),
+        message: DEFAULT_ALARM_MESSAGE.into(),
+        nodata_after: None,
+    }
+}
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1).context("starting the in-process Kafka (librdkafka mock cluster)")?;
@@ -74,7 +102,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         groups: Default::default(),
         registry: Default::default(),
         counters: Default::default(),
-        alarms: Vec::new(),
+        alarms: vec![demo_alarm()],
         handlers: Vec::new(),
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: args.lake.clone(), flush_interval: Duration::from_secs(5) })],
     };
@@ -171,6 +199,13 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
              WHERE level = 'mcis' AND metric = 'cpu_util_mean' AND \"order\" = 'top' \
              AND window_start = (SELECT max(window_start) FROM rankings) ORDER BY rank LIMIT 3"
                 .to_string(),
+        ),
+        (
+            "Alarm events (this run; rule cpu_busy: idle CPU below 40% warns, below 20% is critical)",
+            format!(
+                "SELECT time, target, previous_level, level, round(value, 1) AS idle_pct FROM alarm_events \
+                 WHERE time >= {since} ORDER BY time DESC, target LIMIT 8"
+            ),
         ),
         (
             "Windows written (this run)",

@@ -87,6 +87,7 @@ impl Job {
             influx(),
             self.db
         ));
+        text.push_str(ALARMS);
         std::fs::write(path, text).unwrap();
         path.to_path_buf()
     }
@@ -418,6 +419,49 @@ fn assert_no_differences(what: &str, [only_a, only_b, differing]: [Vec<String>; 
 }
 
 /// Asserts that run A's lake and InfluxDB points equal run B's; `messages` is what was published.
+/// Alarm rules that fire on the generated load (about a tenth of the agents are busy at a time,
+/// idle CPU 5-35%), with one-window state counts so that a level carried over a restart is the
+/// whole of a target's state.
+const ALARMS: &str = r#"
+[[alarm]]
+name = "cpu_idle_low"
+measurement = "cpu"
+field = "usage_idle"
+aggregate = "mean"
+target = "vm"
+comparison = "<"
+warn = 50
+crit = 30
+warn_reset = 55
+crit_reset = 35
+
+[[alarm]]
+name = "mcis_cpu"
+level = "mcis"
+metric = "cpu_util_max"
+comparison = ">="
+warn = 60
+warn_reset = 50
+"#;
+
+/// Every `alarm_events` row as text, by time; and the number of `dragonflow_alarms` points.
+fn alarm_rows(job: &Job) -> (Vec<String>, usize) {
+    let q = "SELECT id, CAST(time AS VARCHAR) AS t, rule, target, previous_level, level, value, threshold \
+             FROM alarm_events ORDER BY t, rule, target, id";
+    let rows: Vec<String> = crate::common::sql_rows(&job.lake, q)
+        .into_iter()
+        .map(|r| {
+            format!(
+                "{} {} {} {} {}->{} {} {}",
+                r["t"], r["id"], r["rule"], r["target"], r["previous_level"], r["level"], r["value"], r["threshold"]
+            )
+        })
+        .collect();
+    let mut points = BTreeMap::new();
+    influx_points(&job.db, "dragonflow_alarms", &mut points);
+    (rows, points.len())
+}
+
 /// The `groups` rows by `window | level | group | metric` (value, vm_count), and every
 /// `agent_health` row as text; a key written twice fails.
 fn fleet_rows(lake: &Path) -> (BTreeMap<String, (f64, u64)>, Vec<String>) {
@@ -481,6 +525,13 @@ fn assert_same_results(a: &Job, b: &Job, messages: u64) {
     // stop or crash makes no agent unhealthy.
     assert_eq!(ha, hb, "agent_health rows");
     eprintln!("equal: {} groups rows and {} agent_health rows", ga.len(), ha.len());
+    // Alarm levels carry over restarts: the same events, with the same ids, once each.
+    let (ea, pa) = alarm_rows(a);
+    let (eb, pb) = alarm_rows(b);
+    assert!(!ea.is_empty(), "the uninterrupted run raised alarms");
+    assert_eq!(ea, eb, "alarm_events rows");
+    assert_eq!((pa, pb), (ea.len(), ea.len()), "one dragonflow_alarms point per event");
+    eprintln!("equal: {} alarm events", ea.len());
     eprintln!(
         "equal: {} aggregates rows and {} InfluxDB points (compared in {:?})",
         wa.rows.len(),

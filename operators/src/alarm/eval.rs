@@ -309,6 +309,11 @@ impl Evaluator {
         }
     }
 
+    /// Forgets the values of windows not evaluated yet.
+    pub fn discard_pending(&mut self) {
+        self.pending.clear();
+    }
+
     /// (rule, target)s with a state that differs from a new one.
     pub fn tracked(&self) -> usize {
         self.states.len()
@@ -566,13 +571,17 @@ pub fn with_group_inputs<'scope>(
 
 /// Evaluates the rules: each (rule, target) on the worker its [`route`] picks. `closed_by_data`
 /// tells the watermark the data has reached (ns); only windows it closed count as silence.
-/// `restored` levels (from an earlier run whose windows ending at or before `restored_end` were
-/// evaluated) are carried on.
+/// Only windows ending before `evaluable_before()` are evaluated: a job being stopped closes its
+/// open windows with part of their data, and those the job that resumes reads again are left to
+/// it (they are dropped when the input ends). `restored` levels (from an earlier run whose windows ending at or before
+/// `restored_end` were evaluated) are carried on.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate<'scope>(
     inputs: Stream<'scope, Time, Vec<AlarmInput>>,
     rules: Arc<Vec<Rule>>,
     window_size: i64,
     closed_by_data: Arc<dyn Fn() -> i64 + Send + Sync>,
+    evaluable_before: Arc<dyn Fn() -> i64 + Send + Sync>,
     restored: Arc<Vec<RestoredLevel>>,
     restored_end: i64,
 ) -> Stream<'scope, Time, Vec<AlarmEvent>> {
@@ -597,7 +606,10 @@ pub fn evaluate<'scope>(
             });
             let low = frontier.frontier().iter().min().copied();
             let closed_before = low.map_or(i64::MAX, |t| t.min(i64::MAX as u64) as i64);
-            evaluator.advance(closed_before, closed_by_data(), &mut out);
+            evaluator.advance(closed_before.min(evaluable_before()), closed_by_data(), &mut out);
+            if low.is_none() {
+                evaluator.discard_pending();
+            }
             if let Some(cap) = &held {
                 if !out.is_empty() {
                     output.session(cap).give_iterator(out.drain(..));
