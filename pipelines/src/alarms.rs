@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operators::alarm::eval::RestoredLevel;
-use operators::alarm::{Level, Rule, RuleAggregate, RuleLevels, RuleTarget, Watch};
+use operators::alarm::{Level, Rule, RuleLevels, Watch};
 use operators::model::{AlarmDelivery, AlarmEvent};
 use sinks::notify::Dispatcher;
 
 use crate::metrics::JobMetrics;
-use crate::spec::{AlarmAggregate, AlarmSpec, AlarmTarget, AlarmWatch, JobSpec, SinkSpec};
+use crate::spec::{AlarmSpec, AlarmWatch, JobSpec, SinkSpec};
 
 /// The rules of a spec, in the order written.
 pub fn rules(spec: &JobSpec) -> Vec<Rule> {
@@ -22,30 +22,15 @@ pub fn rules(spec: &JobSpec) -> Vec<Rule> {
 /// One `[[alarm]]` as the evaluator runs it.
 pub fn rule(a: &AlarmSpec, spec: &JobSpec) -> Rule {
     let watch = match &a.watch {
-        AlarmWatch::Field { measurement, field, aggregate } => Watch::Field {
-            measurement: measurement.clone(),
-            field: field.clone(),
-            aggregate: match aggregate {
-                AlarmAggregate::Mean => RuleAggregate::Mean,
-                AlarmAggregate::Min => RuleAggregate::Min,
-                AlarmAggregate::Max => RuleAggregate::Max,
-                AlarmAggregate::Last => RuleAggregate::Last,
-                AlarmAggregate::Count => RuleAggregate::Count,
-                AlarmAggregate::Rate => RuleAggregate::Rate,
-            },
-        },
+        AlarmWatch::Field { measurement, field, aggregate } => {
+            Watch::Field { measurement: measurement.clone(), field: field.clone(), aggregate: *aggregate }
+        }
         AlarmWatch::Group { level, metric } => Watch::Group { level: *level, metric: metric.clone() },
     };
     Rule {
         name: a.name.clone(),
         watch,
-        target: match a.target {
-            AlarmTarget::Vm => RuleTarget::Vm,
-            AlarmTarget::Mcis => RuleTarget::Mcis,
-            AlarmTarget::Ns => RuleTarget::Ns,
-            AlarmTarget::Csp => RuleTarget::Csp,
-            AlarmTarget::All => RuleTarget::All,
-        },
+        target: a.target,
         target_id: a.target_id.clone(),
         levels: RuleLevels {
             comparison: a.comparison,

@@ -12,6 +12,7 @@ use operators::groups::vm::BUILTIN_METRICS;
 use operators::groups::{CustomMetric, GroupsConfig, Level, OverVms, PerVm};
 use serde::{Deserialize, Serialize};
 pub use sinks::notify::{HandlerKind, HandlerSpec, SlackHandler, SmtpHandler, SmtpTls, WebhookHandler};
+use sinks::spec_util::{at, humantime_serde, not_for};
 
 /// A whole job.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -423,18 +424,6 @@ struct RawSource {
     options: Option<std::collections::BTreeMap<String, String>>,
 }
 
-/// Marks a conversion error with the sub-field it concerns, for [`path_error`].
-fn at(field: &str, message: impl std::fmt::Display) -> String {
-    format!("@{field}@{message}")
-}
-
-fn not_for(kind: &str, fields: &[(&str, bool)]) -> Result<(), String> {
-    match fields.iter().find(|(_, present)| *present) {
-        Some((name, _)) => Err(at(name, format!("does not apply to kind = \"{kind}\""))),
-        None => Ok(()),
-    }
-}
-
 impl TryFrom<RawSource> for SourceSpec {
     type Error = String;
     fn try_from(r: RawSource) -> Result<Self, String> {
@@ -556,41 +545,8 @@ impl TryFrom<RawSink> for SinkSpec {
     }
 }
 
-/// How a rule's series are reduced to one value per window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlarmAggregate {
-    Mean,
-    Min,
-    Max,
-    Last,
-    Count,
-    Rate,
-}
-
-/// What a rule watches: one VM, one group of a level, or everything it applies to.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlarmTarget {
-    Vm,
-    Mcis,
-    Ns,
-    Csp,
-    #[default]
-    All,
-}
-
-impl AlarmTarget {
-    /// The group level of a group target; `None` for `vm` and `all`.
-    pub fn level(self) -> Option<Level> {
-        match self {
-            AlarmTarget::Mcis => Some(Level::Mcis),
-            AlarmTarget::Ns => Some(Level::Ns),
-            AlarmTarget::Csp => Some(Level::Csp),
-            AlarmTarget::Vm | AlarmTarget::All => None,
-        }
-    }
-}
+/// How a rule's series are reduced to one value per window, and whose value it watches.
+pub use operators::alarm::{RuleAggregate as AlarmAggregate, RuleTarget as AlarmTarget};
 
 /// The value a rule watches, serialised flat into its `[[alarm]]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -1302,39 +1258,6 @@ fn path_error(path: String, inner: &dyn std::fmt::Display) -> SpecError {
         }
     }
     SpecError { field, message }
-}
-
-/// Durations written the way people write them: "10s", "500ms", "5m", "4w".
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        parse::<D::Error>(&text)
-    }
-
-    fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
-        humantime::parse_duration(text).map_err(|e| {
-            E::custom(format!("expected a duration like \"10s\", \"500ms\" or \"5m\", got {text:?} ({e})"))
-        })
-    }
-
-    pub mod option {
-        use std::time::Duration;
-
-        use serde::{Deserialize, Deserializer};
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            let text = Option::<String>::deserialize(d)?;
-            text.map(|t| super::parse::<D::Error>(&t)).transpose()
-        }
-    }
 }
 
 #[cfg(test)]

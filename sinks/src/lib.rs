@@ -9,12 +9,14 @@
 //!   late and reject points to InfluxDB 1.x over HTTP with batching, gzip, bounded requests in flight,
 //!   retries and bisection of refused batches.
 //! - [`notify`]: alarm handlers (Slack, SMTP, webhooks) and the delivery thread.
+//! - [`spec_util`]: field-marked errors and human durations for reading specs.
 //! - [`error`]: [`SinkError`], which says what failed and where.
 
 pub mod error;
 pub mod influx;
 pub mod lake;
 pub mod notify;
+pub mod spec_util;
 pub mod sql;
 pub mod tables;
 

@@ -36,7 +36,8 @@ use crate::model::{stable_hash, AlarmEvent, GroupRow, SeriesKey, SinkItem, Windo
 use crate::window::Time;
 
 /// How a field rule reduces a target's series to one value per window.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuleAggregate {
     /// Mean of every value of the target's series in the window.
     Mean,
@@ -52,7 +53,8 @@ pub enum RuleAggregate {
 }
 
 /// Whose value a rule watches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RuleTarget {
     Vm,
     Mcis,
@@ -60,7 +62,20 @@ pub enum RuleTarget {
     Csp,
     /// Every target of the watched value: every VM for a field rule, every group of its level
     /// for a group-metric rule.
+    #[default]
     All,
+}
+
+impl RuleTarget {
+    /// The group level of a group target; `None` for `vm` and `all`.
+    pub fn level(self) -> Option<GroupLevel> {
+        match self {
+            RuleTarget::Mcis => Some(GroupLevel::Mcis),
+            RuleTarget::Ns => Some(GroupLevel::Ns),
+            RuleTarget::Csp => Some(GroupLevel::Csp),
+            RuleTarget::Vm | RuleTarget::All => None,
+        }
+    }
 }
 
 /// The value a rule watches.

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec_util::{at, humantime_serde, not_for};
+
 /// Shown in place of a secret.
 struct Redacted;
 
@@ -193,19 +195,6 @@ struct RawHandler {
     retries: Option<u32>,
 }
 
-/// Marks a conversion error with the sub-field it concerns, as `pipelines::spec` expects:
-/// `@field@message`.
-fn at(field: &str, message: impl std::fmt::Display) -> String {
-    format!("@{field}@{message}")
-}
-
-fn not_for(kind: &str, fields: &[(&str, bool)]) -> Result<(), String> {
-    match fields.iter().find(|(_, present)| *present) {
-        Some((name, _)) => Err(at(name, format!("does not apply to kind = \"{kind}\""))),
-        None => Ok(()),
-    }
-}
-
 impl TryFrom<RawHandler> for HandlerSpec {
     type Error = String;
     fn try_from(r: RawHandler) -> Result<Self, String> {
@@ -266,34 +255,5 @@ impl TryFrom<RawHandler> for HandlerSpec {
             timeout: r.timeout.unwrap_or_else(default_handler_timeout),
             retries: r.retries.unwrap_or(3),
         })
-    }
-}
-
-/// Durations written the way people write them: "10s", "500ms", "5m", "4w".
-/// (`HandlerSpec` is read through `RawHandler`, so only `option` reads.)
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::Serializer;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
-    }
-
-    fn parse<E: serde::de::Error>(text: &str) -> Result<Duration, E> {
-        humantime::parse_duration(text).map_err(|e| {
-            E::custom(format!("expected a duration like \"10s\", \"500ms\" or \"5m\", got {text:?} ({e})"))
-        })
-    }
-
-    pub mod option {
-        use std::time::Duration;
-
-        use serde::{Deserialize, Deserializer};
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            let text = Option::<String>::deserialize(d)?;
-            text.map(|t| super::parse::<D::Error>(&t)).transpose()
-        }
     }
 }
