@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operators::alarm::eval::RestoredLevel;
-use operators::alarm::{Level, Rule, RuleLevels, Watch};
+use operators::alarm::{Level, LiveRules, Rule, RuleLevels, Watch};
 use operators::model::{AlarmDelivery, AlarmEvent};
 use sinks::notify::Dispatcher;
 
@@ -28,6 +28,7 @@ pub fn rule(a: &AlarmSpec, spec: &JobSpec) -> Rule {
         AlarmWatch::Group { level, metric } => Watch::Group { level: *level, metric: metric.clone() },
     };
     Rule {
+        id: 0,
         name: a.name.clone(),
         watch,
         target: a.target,
@@ -55,10 +56,15 @@ pub fn lake_path(spec: &JobSpec) -> Option<PathBuf> {
     })
 }
 
-/// Starts delivering events through the spec's handlers, if any rule names one. Outcomes are
-/// appended to the lake's alarm log (when the job has a lake) and counted in `metrics`.
-pub fn start_dispatcher(spec: &JobSpec, metrics: Arc<JobMetrics>) -> std::io::Result<Option<Arc<Dispatcher>>> {
-    if !spec.alarms.iter().any(|a| !a.handlers.is_empty()) {
+/// Starts delivering events through the spec's handlers, if any rule names one or the job takes
+/// rules that change while it runs (`live`). Outcomes are appended to the lake's alarm log (when
+/// the job has a lake) and counted in `metrics`.
+pub fn start_dispatcher(
+    spec: &JobSpec,
+    metrics: Arc<JobMetrics>,
+    live: bool,
+) -> std::io::Result<Option<Arc<Dispatcher>>> {
+    if !live && !spec.alarms.iter().any(|a| !a.handlers.is_empty()) {
         return Ok(None);
     }
     let lake = lake_path(spec);
@@ -131,4 +137,109 @@ pub fn sample_event(rule: &Rule, now_ns: i64) -> AlarmEvent {
     let mut event = operators::alarm::eval::event(rule, &target, now_ns, transition);
     event.message = format!("[test] {}", event.message);
     event
+}
+
+/// Alarm rules and handlers that change while jobs run: the job server's. A job started with a
+/// handle (see [`crate::RunOptions::alarms`]) evaluates these rules beside its own `[[alarm]]`s
+/// and delivers through these handlers beside its own `[[handler]]`s; [`LiveAlarms::set`] applies
+/// a new set to every such job from its next window on.
+#[derive(Clone, Default)]
+pub struct LiveAlarms {
+    inner: Arc<std::sync::RwLock<LiveSet>>,
+}
+
+/// Called with the rules and handlers, at once and after every change.
+type Subscriber = Box<dyn Fn(&[AlarmSpec], &[sinks::notify::HandlerSpec]) + Send + Sync>;
+
+#[derive(Default)]
+struct LiveSet {
+    version: u64,
+    rules: Vec<AlarmSpec>,
+    handlers: Vec<sinks::notify::HandlerSpec>,
+    subscribers: Vec<(u64, Subscriber)>,
+    next_subscriber: u64,
+}
+
+impl std::fmt::Debug for LiveAlarms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (version, rules, handlers) =
+            self.inner.read().map(|s| (s.version, s.rules.len(), s.handlers.len())).unwrap_or_default();
+        write!(f, "LiveAlarms {{ version: {version}, rules: {rules}, handlers: {handlers} }}")
+    }
+}
+
+/// Keeps a job subscribed to [`LiveAlarms`]; dropping it unsubscribes.
+pub struct Subscription {
+    live: LiveAlarms,
+    id: u64,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.live.inner.write() {
+            set.subscribers.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+impl LiveAlarms {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the rules and handlers (validated by the caller) and applies them to every
+    /// subscribed job.
+    pub fn set(&self, rules: Vec<AlarmSpec>, handlers: Vec<sinks::notify::HandlerSpec>) {
+        if let Ok(mut set) = self.inner.write() {
+            set.version += 1;
+            set.rules = rules;
+            set.handlers = handlers;
+            for (_, apply) in &set.subscribers {
+                apply(&set.rules, &set.handlers);
+            }
+        }
+    }
+
+    /// Calls `apply` with the rules and handlers now and after every change, until the
+    /// subscription is dropped.
+    pub fn subscribe(&self, apply: Subscriber) -> Subscription {
+        let mut id = 0;
+        if let Ok(mut set) = self.inner.write() {
+            apply(&set.rules, &set.handlers);
+            id = set.next_subscriber;
+            set.next_subscriber += 1;
+            set.subscribers.push((id, apply));
+        }
+        Subscription { live: self.clone(), id }
+    }
+
+    /// Applies the rules and handlers to one job: its own come first; a server rule or handler
+    /// named like one of the job's own is left out for that job.
+    pub fn attach(&self, spec: &JobSpec, rules: LiveRules, dispatcher: Option<Arc<Dispatcher>>) -> Subscription {
+        let spec = spec.clone();
+        self.subscribe(Box::new(move |live_rules, live_handlers| {
+            let mut all = spec.alarms.clone();
+            all.extend(live_rules.iter().filter(|r| !spec.alarms.iter().any(|o| o.name == r.name)).cloned());
+            rules.replace(all.iter().map(|a| rule(a, &spec)).collect());
+            if let Some(d) = &dispatcher {
+                let mut handlers = spec.handlers.clone();
+                handlers
+                    .extend(live_handlers.iter().filter(|h| !spec.handlers.iter().any(|o| o.name == h.name)).cloned());
+                d.set_handlers(handlers);
+            }
+        }))
+    }
+
+    pub fn rules(&self) -> Vec<AlarmSpec> {
+        self.inner.read().map(|s| s.rules.clone()).unwrap_or_default()
+    }
+
+    pub fn handlers(&self) -> Vec<sinks::notify::HandlerSpec> {
+        self.inner.read().map(|s| s.handlers.clone()).unwrap_or_default()
+    }
+
+    /// Increases with every [`LiveAlarms::set`].
+    pub fn version(&self) -> u64 {
+        self.inner.read().map(|s| s.version).unwrap_or_default()
+    }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operators::alarm::eval::{evaluate, with_field_inputs, with_group_inputs, RestoredLevel};
+use operators::alarm::LiveRules;
 use operators::ingest::{Ingest, IngestConfig, InstanceTags};
 use operators::intern::SeriesTable;
 use operators::model::SinkItem;
@@ -36,11 +37,14 @@ pub struct RunOptions {
     /// Timely cluster: this process's index and every process's `host:port` (empty = one process).
     pub process: usize,
     pub hosts: Vec<String>,
+    /// Rules and handlers that change while the job runs (the job server's), evaluated beside
+    /// the spec's own.
+    pub alarms: Option<crate::alarms::LiveAlarms>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { workers: 2, process: 0, hosts: Vec::new() }
+        RunOptions { workers: 2, process: 0, hosts: Vec::new(), alarms: None }
     }
 }
 
@@ -171,8 +175,15 @@ pub fn run_job(
         }
         _ => AlarmSetup { levels: Arc::new(Vec::new()), evaluated_until: i64::MIN },
     };
-    let dispatcher = crate::alarms::start_dispatcher(spec, metrics.clone())
+    let live = options.alarms.clone();
+    let dispatcher = crate::alarms::start_dispatcher(spec, metrics.clone(), live.is_some())
         .map_err(|e| JobError::Source(format!("cannot start the alarm handlers: {e}")))?;
+    // Rules are wired into the dataflow when the spec has some or the server may add some.
+    let rules = (!spec.alarms.is_empty() || live.is_some()).then(|| LiveRules::new(crate::alarms::rules(spec)));
+    let subscription = match (&live, &rules) {
+        (Some(live), Some(rules)) => Some(live.attach(spec, rules.clone(), dispatcher.clone())),
+        _ => None,
+    };
     let spec = Arc::new(spec.clone());
     let started = std::time::Instant::now();
     let worker_metrics = metrics.clone();
@@ -188,7 +199,7 @@ pub fn run_job(
             worker_coordinator.clone(),
             local_workers,
             restored_agents.clone(),
-            (alarms.clone(), worker_dispatcher.clone()),
+            (alarms.clone(), rules.clone(), worker_dispatcher.clone()),
         )
     })
     .map_err(JobError::Worker)?;
@@ -202,6 +213,7 @@ pub fn run_job(
             }
         }
     }
+    drop(subscription);
     // Deliveries still in flight get one full retry policy; what is left is recorded as failed.
     if let Some(d) = dispatcher.and_then(Arc::into_inner) {
         let pending = d.pending();
@@ -254,7 +266,7 @@ fn run_worker(
     coordinator: Option<Arc<Coordinator>>,
     local_workers: usize,
     restored_agents: Arc<Vec<operators::model::AgentRow>>,
-    (alarm_setup, dispatcher): (AlarmSetup, Option<Arc<Dispatcher>>),
+    (alarm_setup, rules, dispatcher): (AlarmSetup, Option<LiveRules>, Option<Arc<Dispatcher>>),
 ) -> Result<(), String> {
     let index = worker.index();
     let peers = worker.peers();
@@ -356,7 +368,6 @@ fn run_worker(
     };
 
     let size = window.size;
-    let rules = Arc::new(crate::alarms::rules(spec));
     let sink_outcome = outcome.clone();
     let sink_metrics = metrics.clone();
     let probe = ProbeHandle::new();
@@ -377,9 +388,9 @@ fn run_worker(
         let windows = observations
             .window_aggregate(table, size)
             .inspect(move |w| window_metrics.window_closed(w.window_end, w.rows.len()));
-        let (windows, mut alarm_inputs) = match rules.is_empty() {
-            true => (windows, None),
-            false => {
+        let (windows, mut alarm_inputs) = match &rules {
+            None => (windows, None),
+            Some(rules) => {
                 let (windows, inputs) = with_field_inputs(windows, rules.clone());
                 (windows, Some(inputs))
             }
@@ -393,18 +404,18 @@ fn run_worker(
                 let (updates, registry_rejects) = registry_updates(scope, registry_inputs, closed, metrics.clone());
                 let closed_by_data = metrics.data_watermark();
                 let fleet = operators::groups::fleet_metrics(parts, updates, config, closed_by_data, restored_agents);
-                let fleet = match alarm_inputs.take() {
-                    Some(field_inputs) => {
+                let fleet = match (alarm_inputs.take(), &rules) {
+                    (Some(field_inputs), Some(rules)) => {
                         let (fleet, group_inputs) = with_group_inputs(fleet, rules.clone());
                         alarm_inputs = Some(field_inputs.concat(group_inputs));
                         fleet
                     }
-                    None => fleet,
+                    _ => fleet,
                 };
                 windows.map(SinkItem::Aggregates).concat(side).concat(registry_rejects).concat(fleet)
             }
         };
-        if let Some(inputs) = alarm_inputs {
+        if let (Some(inputs), Some(rules)) = (alarm_inputs, rules) {
             let AlarmSetup { levels, evaluated_until } = alarm_setup;
             let alarm_metrics = metrics.clone();
             let closed_by_data = metrics.data_watermark();

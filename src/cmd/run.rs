@@ -40,7 +40,7 @@ pub enum StatusFormat {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let spec = JobSpec::load(&args.spec)?;
-    let options = RunOptions { workers: args.workers.max(1), process: args.process, hosts: args.hosts };
+    let options = RunOptions { workers: args.workers.max(1), process: args.process, hosts: args.hosts, alarms: None };
     let control = Arc::new(JobControl::new());
     let metrics = Arc::new(JobMetrics::new(options.workers));
     install_signal_handler(control.clone())?;

@@ -491,3 +491,75 @@ fn alarms_test_sends_a_sample_through_smtp_and_reports_a_dead_handler() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && text.contains("\"nope\"") && text.contains("cpu_high"), "{text}");
 }
+
+/// Publishes `cpu` records of vm-1 (busy at `busy`%) for windows `from..to`, one per window.
+fn publish_cpu(brokers: &str, from: i64, to: i64, busy: f64) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
+    for w in from..to {
+        let tags = r#"{"nsId":"ns-1","mcisId":"mcis-1","vmId":"vm-1","cspType":"aws","osType":"ubuntu"}"#;
+        let line = format!(
+            "{{\"name\":\"cpu\",\"tags\":{tags},\"fields\":{{\"usage_user\":{busy}}},\"timestamp\":{}}}",
+            T0 + WINDOW_S * w + 5
+        );
+        producer.send(BaseRecord::<(), _>::to("metrics").payload(&line)).unwrap();
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+}
+
+#[test]
+fn a_rule_added_to_a_running_job_fires_on_the_next_closed_window() {
+    use pipelines::alarms::LiveAlarms;
+    use pipelines::spec::{KafkaSource, ParquetSink, SinkSpec, SourceSpec, StartAt};
+    use pipelines::{run_job, JobControl, JobMetrics, JobSpec, RunOptions};
+
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("metrics", 1, 1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut spec = JobSpec::parse(&format!(
+        "[source]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\ntopics = [\"metrics\"]\nstart = \"earliest\"\nidle_timeout = \"10m\"\n\
+         [source.options]\n\"fetch.wait.max.ms\" = \"5\"\n\n[window]\nsize = \"{WINDOW_S}s\"\nlateness = \"5s\"\n\n\
+         [[sink]]\nkind = \"parquet\"\npath = {:?}\n",
+        lake.display().to_string()
+    ))
+    .unwrap();
+    assert!(matches!(spec.source, SourceSpec::Kafka(KafkaSource { start: StartAt::Earliest, .. })));
+    spec.sinks =
+        vec![SinkSpec::Parquet(ParquetSink { path: lake.clone(), flush_interval: Duration::from_millis(200) })];
+
+    let live = LiveAlarms::new();
+    let control = Arc::new(JobControl::new());
+    // One worker for the one partition: another worker would read nothing and hold the watermark.
+    let metrics = Arc::new(JobMetrics::new(1));
+    let options = RunOptions { workers: 1, alarms: Some(live.clone()), ..Default::default() };
+    let job = {
+        let (control, metrics) = (control.clone(), metrics.clone());
+        std::thread::spawn(move || run_job(&spec, &options, control, metrics))
+    };
+
+    // Windows 0..=9 are sent; the watermark (last timestamp − 5 s) closes windows 0..=8.
+    publish_cpu(&brokers, 0, 10, 99.0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics.windows.load(Ordering::Relaxed) < 9 {
+        assert!(Instant::now() < deadline, "windows 0..=8 did not close: {}", metrics.status_line());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Nothing raises anything yet: there is no rule. Now one arrives.
+    let rule: pipelines::spec::AlarmSpec = serde_json::from_value(serde_json::json!({
+        "name": "cpu_user", "measurement": "cpu", "field": "usage_user", "aggregate": "mean",
+        "target": "vm", "comparison": ">", "crit": 90
+    }))
+    .unwrap();
+    live.set(vec![rule], Vec::new());
+    publish_cpu(&brokers, 10, 14, 99.0);
+    control.drain();
+    job.join().unwrap().expect("job runs");
+
+    let rows = sql_rows(&lake, "SELECT time, rule, target, previous_level, level FROM alarm_events ORDER BY time");
+    let got: Vec<_> =
+        rows.iter().map(|r| (r["time"].as_str(), r["previous_level"].as_str(), r["level"].as_str())).collect();
+    // The first window closed after the rule arrived is window 9: it fires there, once.
+    assert_eq!(got, vec![(window_end(9).as_str(), "OK", "CRITICAL")], "{rows:?}");
+}

@@ -88,6 +88,9 @@ pub enum Watch {
 /// One alarm rule, as the evaluator runs it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rule {
+    /// Identifies the rule in a [`RuleSet`] (assigned by [`LiveRules`]); a changed rule gets a
+    /// new id, so its targets start afresh.
+    pub id: u32,
     pub name: String,
     pub watch: Watch,
     pub target: RuleTarget,
@@ -145,6 +148,63 @@ impl Rule {
             Watch::Field { aggregate, .. } => Some(*aggregate),
             Watch::Group { .. } => None,
         }
+    }
+}
+
+/// The rules in force at one time.
+#[derive(Debug, Default)]
+pub struct RuleSet {
+    /// Increases with every change.
+    pub version: u64,
+    pub rules: Vec<Rule>,
+}
+
+impl RuleSet {
+    pub fn get(&self, id: u32) -> Option<&Rule> {
+        self.rules.iter().find(|r| r.id == id)
+    }
+}
+
+/// The rules of a running dataflow, which may be replaced while it runs: the operators pick the
+/// new set up at their next activation.
+#[derive(Clone, Debug, Default)]
+pub struct LiveRules {
+    inner: Arc<std::sync::RwLock<Arc<RuleSet>>>,
+}
+
+impl LiveRules {
+    /// The rules, numbered in order.
+    pub fn new(mut rules: Vec<Rule>) -> Self {
+        for (i, r) in rules.iter_mut().enumerate() {
+            r.id = i as u32;
+        }
+        LiveRules { inner: Arc::new(std::sync::RwLock::new(Arc::new(RuleSet { version: 0, rules }))) }
+    }
+
+    pub fn current(&self) -> Arc<RuleSet> {
+        self.inner.read().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Replaces the rules. A rule equal to one in force keeps its id, and its targets their
+    /// states; a new or changed rule gets a new id and its targets start afresh.
+    pub fn replace(&self, rules: Vec<Rule>) {
+        let Ok(mut set) = self.inner.write() else { return };
+        let mut next_id = set.rules.iter().map(|r| r.id + 1).max().unwrap_or(0);
+        let rules = rules
+            .into_iter()
+            .map(|mut r| {
+                let same = set.rules.iter().find(|old| Rule { id: old.id, ..r.clone() } == **old);
+                r.id = match same {
+                    Some(old) => old.id,
+                    None => {
+                        next_id += 1;
+                        next_id - 1
+                    }
+                };
+                r
+            })
+            .collect();
+        *set = Arc::new(RuleSet { version: set.version + 1, rules });
     }
 }
 
@@ -286,7 +346,7 @@ struct Tracked {
 
 /// The alarm states of the (rule, target)s one worker owns.
 pub struct Evaluator {
-    rules: Arc<Vec<Rule>>,
+    rules: Arc<RuleSet>,
     size: i64,
     /// Values of windows not closed yet, by window end.
     pending: BTreeMap<i64, HashMap<(u32, String), Partial>>,
@@ -295,24 +355,37 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    pub fn new(rules: Arc<Vec<Rule>>, window_size: i64) -> Self {
+    pub fn new(rules: Arc<RuleSet>, window_size: i64) -> Self {
         Evaluator { rules, size: window_size.max(1), pending: BTreeMap::new(), states: HashMap::new() }
+    }
+
+    /// Takes a new rule set: values and states of rules no longer in it are dropped.
+    pub fn set_rules(&mut self, rules: Arc<RuleSet>) {
+        if rules.version == self.rules.version {
+            return;
+        }
+        self.rules = rules;
+        let rules = &self.rules;
+        self.states.retain(|(id, _), _| rules.get(*id).is_some());
+        for window in self.pending.values_mut() {
+            window.retain(|(id, _), _| rules.get(*id).is_some());
+        }
     }
 
     /// Carries on a level from an earlier run whose windows ending at or before `last_end` were
     /// evaluated. Levels of rules that no longer exist, and OK levels, are ignored.
     pub fn restore(&mut self, restored: &RestoredLevel, last_end: i64) {
-        let Some(rule) = self.rules.iter().position(|r| r.name == restored.rule) else { return };
+        let Some(rule) = self.rules.rules.iter().find(|r| r.name == restored.rule) else { return };
         if restored.level == Level::Ok {
             return;
         }
         let tracked = Tracked { state: AlarmState::restored(restored.level), last_end };
-        self.states.insert((rule as u32, restored.target.clone()), tracked);
+        self.states.insert((rule.id, restored.target.clone()), tracked);
     }
 
     /// Adds (part of) a target's value in a window.
     pub fn add(&mut self, input: AlarmInput) {
-        if input.rule as usize >= self.rules.len() {
+        if self.rules.get(input.rule).is_none() {
             return;
         }
         let window = self.pending.entry(input.window_end).or_default();
@@ -351,7 +424,7 @@ impl Evaluator {
             let mut inputs: Vec<_> = entry.remove().into_iter().collect();
             inputs.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, partial) in inputs {
-                let rule = &rules[key.0 as usize];
+                let Some(rule) = rules.get(key.0) else { continue };
                 let tracked = self
                     .states
                     .entry(key.clone())
@@ -379,7 +452,7 @@ impl Evaluator {
             .collect();
         keys.sort();
         for key in keys {
-            let rule = &rules[key.0 as usize];
+            let Some(rule) = rules.get(key.0) else { continue };
             if let Some(tracked) = self.states.get_mut(&key) {
                 silence(rule, &key.1, tracked, upto, size, out);
             }
@@ -483,15 +556,20 @@ pub fn render_message(
 /// each batch's series the rules watch, merged per (rule, target).
 pub fn with_field_inputs<'scope>(
     windows: Stream<'scope, Time, Vec<WindowBatch>>,
-    rules: Arc<Vec<Rule>>,
+    live: LiveRules,
 ) -> (Stream<'scope, Time, Vec<WindowBatch>>, Stream<'scope, Time, Vec<AlarmInput>>) {
-    // measurement → field → rules watching it.
-    let mut watched: HashMap<String, HashMap<String, Vec<u32>>> = HashMap::new();
-    for (i, rule) in rules.iter().enumerate() {
-        if let Watch::Field { measurement, field, .. } = &rule.watch {
-            watched.entry(measurement.clone()).or_default().entry(field.clone()).or_default().push(i as u32);
+    // measurement → field → rules watching it, of the rule set in force.
+    let index = |rules: &RuleSet| {
+        let mut watched: HashMap<String, HashMap<String, Vec<u32>>> = HashMap::new();
+        for rule in &rules.rules {
+            if let Watch::Field { measurement, field, .. } = &rule.watch {
+                watched.entry(measurement.clone()).or_default().entry(field.clone()).or_default().push(rule.id);
+            }
         }
-    }
+        watched
+    };
+    let mut rules = live.current();
+    let mut watched = index(&rules);
     let mut builder = OperatorBuilder::new("AlarmFieldInputs".to_owned(), windows.scope());
     let mut input = builder.new_input(windows, Pipeline);
     let (batches_out, batches) = builder.new_output::<Vec<WindowBatch>>();
@@ -500,19 +578,24 @@ pub fn with_field_inputs<'scope>(
     let mut inputs_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<AlarmInput>>>::from(inputs_out);
     builder.build(move |_caps| {
         move |_frontiers| {
+            let current = live.current();
+            if current.version != rules.version {
+                watched = index(&current);
+                rules = current;
+            }
             let mut batches_out = batches_out.activate();
             let mut inputs_out = inputs_out.activate();
             input.for_each(|cap, data| {
                 let time = *cap.least().expect("a time");
                 let inputs_cap = cap.delayed(&time, 1);
                 let mut session = inputs_out.session(&inputs_cap);
-                for batch in data.iter() {
+                for batch in data.iter().filter(|_| !watched.is_empty()) {
                     let mut merged: HashMap<(u32, String), Partial> = HashMap::new();
                     for (key, agg) in &batch.rows {
                         let Some(by_field) = watched.get(&*key.measurement) else { continue };
                         let Some(ids) = by_field.get(&*key.field) else { continue };
                         for &i in ids {
-                            let rule = &rules[i as usize];
+                            let Some(rule) = rules.get(i) else { continue };
                             let (Some(target), Some(aggregate)) = (rule.field_target(key), rule.aggregate()) else {
                                 continue;
                             };
@@ -546,10 +629,8 @@ pub fn with_field_inputs<'scope>(
 /// rows they watch.
 pub fn with_group_inputs<'scope>(
     items: Stream<'scope, Time, Vec<SinkItem>>,
-    rules: Arc<Vec<Rule>>,
+    live: LiveRules,
 ) -> (Stream<'scope, Time, Vec<SinkItem>>, Stream<'scope, Time, Vec<AlarmInput>>) {
-    let group_rules: Vec<u32> =
-        (0..rules.len() as u32).filter(|&i| matches!(rules[i as usize].watch, Watch::Group { .. })).collect();
     let mut builder = OperatorBuilder::new("AlarmGroupInputs".to_owned(), items.scope());
     let mut input = builder.new_input(items, Pipeline);
     let (items_out, items) = builder.new_output::<Vec<SinkItem>>();
@@ -558,6 +639,7 @@ pub fn with_group_inputs<'scope>(
     let mut inputs_out = OutputBuilder::<_, CapacityContainerBuilder<Vec<AlarmInput>>>::from(inputs_out);
     builder.build(move |_caps| {
         move |_frontiers| {
+            let rules = live.current();
             let mut items_out = items_out.activate();
             let mut inputs_out = inputs_out.activate();
             input.for_each(|cap, data| {
@@ -567,10 +649,10 @@ pub fn with_group_inputs<'scope>(
                 for item in data.iter() {
                     let SinkItem::Groups(rows) = item else { continue };
                     for row in rows {
-                        for &i in &group_rules {
-                            if let Some(target) = rules[i as usize].group_target(row) {
+                        for rule in &rules.rules {
+                            if let Some(target) = rule.group_target(row) {
                                 let partial = Partial::Value(row.value);
-                                session.give(AlarmInput { rule: i, target, window_end: row.window_end, partial });
+                                session.give(AlarmInput { rule: rule.id, target, window_end: row.window_end, partial });
                             }
                         }
                     }
@@ -593,7 +675,7 @@ pub fn with_group_inputs<'scope>(
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<'scope>(
     inputs: Stream<'scope, Time, Vec<AlarmInput>>,
-    rules: Arc<Vec<Rule>>,
+    live: LiveRules,
     window_size: i64,
     closed_by_data: Arc<dyn Fn() -> i64 + Send + Sync>,
     evaluable_before: Arc<dyn Fn() -> i64 + Send + Sync>,
@@ -604,16 +686,18 @@ pub fn evaluate<'scope>(
     let (index, peers) = (scope.index(), scope.peers() as u64);
     let pact = Exchange::new(|i: &AlarmInput| route(i.rule, &i.target));
     inputs.unary_frontier::<CapacityContainerBuilder<Vec<AlarmEvent>>, _, _, _>(pact, "Alarms", move |cap, _| {
+        let rules = live.current();
         let mut evaluator = Evaluator::new(rules.clone(), window_size);
         for r in restored.iter() {
-            let Some(rule) = rules.iter().position(|x| x.name == r.rule) else { continue };
-            if route(rule as u32, &r.target) % peers == index as u64 {
+            let Some(rule) = rules.rules.iter().find(|x| x.name == r.rule) else { continue };
+            if route(rule.id, &r.target) % peers == index as u64 {
                 evaluator.restore(r, restored_end);
             }
         }
         let mut held: Option<Capability<Time>> = Some(cap);
         let mut out = Vec::new();
         move |(input, frontier), output| {
+            evaluator.set_rules(live.current());
             input.for_each(|_cap, data| {
                 for i in data.drain(..) {
                     evaluator.add(i);
@@ -668,6 +752,7 @@ mod tests {
 
     fn rule(target: RuleTarget, aggregate: RuleAggregate) -> Rule {
         Rule {
+            id: 0,
             name: "cpu_high".into(),
             watch: Watch::Field { measurement: "cpu".into(), field: "usage_user".into(), aggregate },
             target,
@@ -676,6 +761,10 @@ mod tests {
             message: "{rule} {level} on {target}: {value} (threshold {threshold}) at {window_end}".into(),
             handlers: vec!["ops".into()],
         }
+    }
+
+    fn set(rules: Vec<Rule>) -> Arc<RuleSet> {
+        LiveRules::new(rules).current()
     }
 
     fn input(target: &str, end: i64, value: f64) -> AlarmInput {
@@ -692,7 +781,7 @@ mod tests {
 
     #[test]
     fn windows_in_order_then_silence_closed_by_data_gives_nodata() {
-        let mut ev = Evaluator::new(Arc::new(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]), S);
+        let mut ev = Evaluator::new(set(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]), S);
         let mut out = Vec::new();
         // Arrival order does not matter: windows are evaluated by end.
         for (w, v) in [(3, 85.0), (1, 50.0), (2, 85.0), (4, 97.0)] {
@@ -722,7 +811,7 @@ mod tests {
     #[test]
     fn same_input_gives_same_ids_and_different_transitions_differ() {
         let run = || {
-            let mut ev = Evaluator::new(Arc::new(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]), S);
+            let mut ev = Evaluator::new(set(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]), S);
             let mut out = Vec::new();
             for (w, v) in [(1, 99.0), (2, 50.0), (3, 99.0)] {
                 ev.add(input("vm-a", w * S, v));
@@ -740,9 +829,37 @@ mod tests {
     }
 
     #[test]
+    fn replaced_rules_keep_the_states_of_unchanged_ones_only() {
+        let live = LiveRules::new(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]);
+        let mut ev = Evaluator::new(live.current(), S);
+        let mut out = Vec::new();
+        ev.add(input("vm-a", S, 99.0));
+        ev.advance(2 * S, S, &mut out);
+        assert_eq!(summary(&out), vec![s(1, "vm-a", "OK", "CRITICAL")]);
+        // The same rule again, and a new one: the state stays, the new rule gets a new id.
+        let other = Rule { name: "other".into(), ..rule(RuleTarget::Vm, RuleAggregate::Mean) };
+        live.replace(vec![rule(RuleTarget::Vm, RuleAggregate::Mean), other]);
+        let ids: Vec<_> = live.current().rules.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![0, 1]);
+        ev.set_rules(live.current());
+        assert_eq!(ev.tracked(), 1);
+        // A changed threshold is a new rule: its targets start afresh.
+        let mut changed = rule(RuleTarget::Vm, RuleAggregate::Mean);
+        changed.levels.crit = Some(99.5);
+        live.replace(vec![changed]);
+        assert_eq!(live.current().rules[0].id, 2);
+        ev.set_rules(live.current());
+        assert_eq!(ev.tracked(), 0);
+        out.clear();
+        ev.add(AlarmInput { rule: 0, ..input("vm-a", 2 * S, 99.9) }); // the old id: ignored
+        ev.add(AlarmInput { rule: 2, ..input("vm-a", 2 * S, 99.9) });
+        ev.advance(3 * S, 2 * S, &mut out);
+        assert_eq!(summary(&out), vec![s(2, "vm-a", "OK", "CRITICAL")]);
+    }
+
+    #[test]
     fn restored_level_is_carried_on_without_a_new_event() {
-        let rules = Arc::new(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]);
-        let mut ev = Evaluator::new(rules, S);
+        let mut ev = Evaluator::new(set(vec![rule(RuleTarget::Vm, RuleAggregate::Mean)]), S);
         let restored = RestoredLevel { rule: "cpu_high".into(), target: "vm-a".into(), level: Level::Critical };
         ev.restore(&restored, 5 * S);
         let mut out = Vec::new();
@@ -895,7 +1012,7 @@ mod tests {
                 },
                 ..rule(RuleTarget::Vm, RuleAggregate::Max)
             };
-            let rules = Arc::new(vec![mk("a"), mk("b")]);
+            let rules = set(vec![mk("a"), mk("b")]);
             // Each cell is a part of a target's window: values merge by max.
             let mut values: BTreeMap<(u32, String), BTreeMap<i64, f64>> = BTreeMap::new();
             let mut inputs = Vec::new();
@@ -906,7 +1023,7 @@ mod tests {
                 inputs.push(AlarmInput { rule: *rule, target, window_end: end, partial: Partial::Max(value) });
             }
             let last = cells.iter().map(|c| c.2).max().unwrap_or(0) * S;
-            let want = sorted(reference(&rules, &values, last));
+            let want = sorted(reference(&rules.rules, &values, last));
 
             // Deliver windows in order of their end, closing in random steps, the data's
             // watermark lagging by a random number of windows; finally everything is closed.

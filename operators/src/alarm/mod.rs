@@ -59,7 +59,7 @@ use std::str::FromStr;
 
 pub mod eval;
 
-pub use eval::{AlarmInput, Evaluator, Rule, RuleAggregate, RuleTarget, Watch};
+pub use eval::{AlarmInput, Evaluator, LiveRules, Rule, RuleAggregate, RuleSet, RuleTarget, Watch};
 
 /// How a value is compared with a threshold: the value breaches when `value <op> threshold`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

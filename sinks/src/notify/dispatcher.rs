@@ -29,6 +29,8 @@ pub const UNKNOWN_HANDLER: &str = "unknown handler";
 
 /// Delivers alarm events in the background; see the [module docs](super).
 pub struct Dispatcher {
+    /// By name; replaced by [`Dispatcher::set_handlers`].
+    handlers: Arc<std::sync::RwLock<HashMap<String, Arc<HandlerSpec>>>>,
     commands: Option<channel::UnboundedSender<Command>>,
     /// Where `send` reports the events it refuses.
     refused: Option<mpsc::Sender<AlarmDelivery>>,
@@ -64,6 +66,7 @@ impl Dispatcher {
         policy: DeliveryPolicy,
     ) -> std::io::Result<Dispatcher> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let handler_map = Arc::new(std::sync::RwLock::new(by_name(handlers)));
         let courier = Courier::new().map_err(std::io::Error::other)?;
         let (report, reports) = mpsc::channel::<AlarmDelivery>();
         let reporter = std::thread::Builder::new().name("alarm-outcomes".into()).spawn(move || {
@@ -76,7 +79,7 @@ impl Dispatcher {
         let (commands, inbox) = channel::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let delivery = Delivery {
-            handlers: handlers.into_iter().map(|h| (h.name.clone(), Arc::new(h))).collect(),
+            handlers: handler_map.clone(),
             courier: Arc::new(courier),
             policy,
             permits: Arc::new(Semaphore::new(policy.concurrency.max(1))),
@@ -88,6 +91,7 @@ impl Dispatcher {
             .name("alarm-delivery".into())
             .spawn(move || runtime.block_on(delivery.run(inbox)))?;
         Ok(Dispatcher {
+            handlers: handler_map,
             commands: Some(commands),
             refused: Some(report),
             pending,
@@ -123,6 +127,14 @@ impl Dispatcher {
     fn refuse(&self, event: AlarmEvent, error: String) {
         if let Some(refused) = &self.refused {
             let _ = refused.send(AlarmDelivery { event, delivered: false, error: Some(error) });
+        }
+    }
+
+    /// Replaces the handlers: events sent from now on are delivered through these. Deliveries in
+    /// flight finish with the handler they started with.
+    pub fn set_handlers(&self, handlers: Vec<HandlerSpec>) {
+        if let Ok(mut known) = self.handlers.write() {
+            *known = by_name(handlers);
         }
     }
 
@@ -187,7 +199,7 @@ impl Flight {
 
 /// What the runtime thread owns.
 struct Delivery {
-    handlers: HashMap<String, Arc<HandlerSpec>>,
+    handlers: Arc<std::sync::RwLock<HashMap<String, Arc<HandlerSpec>>>>,
     courier: Arc<Courier>,
     policy: DeliveryPolicy,
     permits: Arc<Semaphore>,
@@ -230,8 +242,10 @@ impl Delivery {
 
     /// Registers the event and starts one task per known handler.
     fn begin(&self, id: u64, event: AlarmEvent, tasks: &mut JoinSet<()>) {
-        let handlers: Vec<Option<Arc<HandlerSpec>>> =
-            event.handlers.iter().map(|name| self.handlers.get(name).cloned()).collect();
+        let handlers: Vec<Option<Arc<HandlerSpec>>> = match self.handlers.read() {
+            Ok(known) => event.handlers.iter().map(|name| known.get(name).cloned()).collect(),
+            Err(_) => vec![None; event.handlers.len()],
+        };
         let results: Vec<_> = handlers.iter().map(|h| h.is_none().then(|| Err(UNKNOWN_HANDLER.to_string()))).collect();
         let remaining = handlers.iter().filter(|h| h.is_some()).count();
         let shared = Arc::new(event.clone());
@@ -280,4 +294,8 @@ impl Delivery {
 /// The map of flights; a panic elsewhere while it was held leaves it usable.
 fn lock(flights: &Mutex<HashMap<u64, Flight>>) -> MutexGuard<'_, HashMap<u64, Flight>> {
     flights.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn by_name(handlers: Vec<HandlerSpec>) -> HashMap<String, Arc<HandlerSpec>> {
+    handlers.into_iter().map(|h| (h.name.clone(), Arc::new(h))).collect()
 }
