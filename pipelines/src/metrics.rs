@@ -90,12 +90,20 @@ pub struct JobMetrics {
     data_watermarks: Arc<Vec<AtomicI64>>,
     series: Vec<AtomicU64>,
     last_window_end: AtomicI64,
+    /// Wall-clock time from a window's end to its close, for windows closed within
+    /// [`LATENCY_BUCKETS`] of each upper bound (seconds); the last counts every window.
+    close_latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    /// Sum of those latencies, ms.
+    close_latency_ms: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     partitions: Mutex<BTreeMap<(String, i32), PartitionStatus>>,
     sinks: Mutex<BTreeMap<(usize, usize), SinkStatus>>,
     checkpoint: Mutex<(u64, Option<i64>)>,
     history: Mutex<VecDeque<(Instant, u64)>>,
 }
+
+/// Upper bounds (seconds) of the window-close latency histogram.
+pub const LATENCY_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0];
 
 /// How far back [`JobMetrics::record`] keeps snapshots for rates.
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
@@ -119,6 +127,8 @@ impl JobMetrics {
             data_watermarks: Arc::new((0..workers).map(|_| AtomicI64::new(i64::MIN)).collect()),
             series: (0..workers).map(|_| AtomicU64::new(0)).collect(),
             last_window_end: AtomicI64::new(i64::MIN),
+            close_latency: Default::default(),
+            close_latency_ms: AtomicU64::new(0),
             last_error: Mutex::new(None),
             partitions: Mutex::new(BTreeMap::new()),
             sinks: Mutex::new(BTreeMap::new()),
@@ -244,7 +254,30 @@ impl JobMetrics {
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
         if self.last_window_end.fetch_max(end, Ordering::Relaxed) < end {
             self.windows.fetch_add(1, Ordering::Relaxed);
+            // Once per window: how long after its end (wall clock) it closed. Replays of old
+            // data count as very late closes, in the last bucket.
+            let latency = (crate::source::wall_ns() - end).max(0) as f64 / 1e9;
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                if latency <= *bound {
+                    self.close_latency[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            self.close_latency[LATENCY_BUCKETS.len()].fetch_add(1, Ordering::Relaxed);
+            self.close_latency_ms.fetch_add((latency * 1e3).min(u64::MAX as f64 / 2.0) as u64, Ordering::Relaxed);
         }
+    }
+
+    /// The window-close latency histogram: cumulative counts per upper bound of
+    /// [`LATENCY_BUCKETS`] (seconds) then `+Inf`, and the sum in seconds.
+    pub fn window_close_latency(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (*b, self.close_latency[i].load(Ordering::Relaxed)))
+            .collect();
+        let count = self.close_latency[LATENCY_BUCKETS.len()].load(Ordering::Relaxed);
+        buckets.push((f64::INFINITY, count));
+        (buckets, count, self.close_latency_ms.load(Ordering::Relaxed) as f64 / 1e3)
     }
 
     pub fn error(&self, text: String) {
