@@ -138,6 +138,8 @@ const STREAM_TOPOLOGY: u64 = 0;
 const STREAM_DYNAMICS: u64 = 1;
 const STREAM_REORDER: u64 = 2;
 const STREAM_CHURN: u64 = 3;
+/// Which agents of a pull-mode listener misbehave (see `listener`).
+pub(crate) const STREAM_BEHAVIOUR: u64 = 4;
 
 /// One minute of event time, ns.
 const MINUTE_NS: i64 = 60_000_000_000;
@@ -145,7 +147,7 @@ const MINUTE_NS: i64 = 60_000_000_000;
 const MAX_CHURN_ROUNDS: i64 = 60;
 
 /// A random stream of `seed`.
-fn stream(seed: u64, stream: u64) -> ChaCha8Rng {
+pub(crate) fn stream(seed: u64, stream: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(stream);
     rng

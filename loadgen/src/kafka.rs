@@ -311,7 +311,7 @@ fn block_on<F: Future>(fut: F, timeout: Duration) -> Option<F::Output> {
 }
 
 /// Now, ns since the Unix epoch.
-fn wall_ns() -> i64 {
+pub(crate) fn wall_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 

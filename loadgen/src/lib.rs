@@ -1,10 +1,12 @@
 //! Dragonflow's load generator: N virtual monitoring agents (Telegraf-like) with plausible,
-//! self-consistent metric dynamics, published to Kafka or written to a file.
+//! self-consistent metric dynamics, published to Kafka, written to a file, or served over HTTP.
 //!
 //! - [`Fleet`]: the agents and the messages of each collection tick (deterministic given a seed;
 //!   optional clock skew, reordering, and churn: agents replaced by new VMs every minute).
 //! - [`write_file`]: ticks on a synthetic clock into JSON lines or line protocol (gzip with `.gz`).
 //! - [`run_kafka`]: ticks into a Kafka topic, in real time or as fast as possible.
+//! - [`AgentListener`] and [`run_listener`]: pull mode, the agents answer over HTTP (some slow,
+//!   failing or unreachable on purpose) while the fleet ticks in real time.
 //! - [`Stats`] and [`status_line`]: what was sent, for programs and for people.
 //!
 //! ```
@@ -27,11 +29,15 @@ mod encode;
 mod file;
 mod fleet;
 mod kafka;
+mod listener;
 mod stats;
 
 pub use file::write_file;
 pub use fleet::{AgentInfo, Fleet, FleetConfig, Message, MEASUREMENTS};
 pub use kafka::{run_kafka, KafkaTarget};
+pub use listener::{
+    listener_status_line, run_listener, AgentListener, AgentStatus, Behaviour, ListenerConfig, ListenerStats,
+};
 pub use operators::decode::Format;
 pub use stats::{status_line, Stats};
 
@@ -54,6 +60,17 @@ pub enum LoadgenError {
         /// The cause.
         source: rdkafka::error::KafkaError,
     },
+    /// The pull-mode listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The async runtime of the pull-mode listener could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     /// An operation did not complete in time.
     #[error("timed out {0}")]
     Timeout(String),

@@ -48,11 +48,26 @@ pub struct Watermarks {
     idle_timeout: Duration,
     parts: Vec<Partition>,
     combined: i64,
+    /// The first [`Watermarks::advance`]: a worker that has had no partition since this long
+    /// ago is idle.
+    since: Option<Instant>,
 }
 
 impl Watermarks {
     pub fn new(lateness: i64, idle_timeout: Duration) -> Self {
-        Watermarks { lateness, idle_timeout, parts: Vec::new(), combined: i64::MIN }
+        Watermarks { lateness, idle_timeout, parts: Vec::new(), combined: i64::MIN, since: None }
+    }
+
+    /// Whether nothing this worker reads can move its watermark: it has had no partition for
+    /// `idle_timeout`, or every partition not yet finished is idle. Such a worker should not
+    /// hold the job back: it may follow the other workers ([`Watermarks::raise_combined`]).
+    pub fn idle(&self, now: Instant) -> bool {
+        let quiet = |since: Instant| now.saturating_duration_since(since) > self.idle_timeout;
+        if self.parts.is_empty() {
+            return self.since.is_some_and(quiet);
+        }
+        let mut open = self.parts.iter().filter(|p| !p.finished).peekable();
+        open.peek().is_some() && open.all(|p| quiet(p.last_active))
     }
 
     /// Registers a partition and returns its slot.
@@ -134,6 +149,7 @@ impl Watermarks {
     /// Recomputes the combined watermark: the minimum over active partitions. Never moves back.
     /// When every partition is idle nothing new is known and the watermark stays where it is.
     pub fn advance(&mut self, now: Instant) -> i64 {
+        self.since.get_or_insert(now);
         let mut min: Option<i64> = None;
         let mut any_active = false;
         for p in &self.parts {
@@ -173,6 +189,25 @@ impl Watermarks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_without_partitions_or_with_idle_ones_is_idle_after_the_timeout() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(5);
+        let mut none = Watermarks::new(0, idle);
+        none.advance(t0);
+        assert!(!none.idle(t0 + Duration::from_secs(1)));
+        assert!(none.idle(t0 + Duration::from_secs(6)));
+        let mut one = Watermarks::new(0, idle);
+        let slot = one.add_partition(t0);
+        one.advance(t0);
+        assert!(!one.idle(t0 + Duration::from_secs(1)));
+        assert!(one.idle(t0 + Duration::from_secs(6)));
+        one.touch(slot, t0 + Duration::from_secs(6));
+        assert!(!one.idle(t0 + Duration::from_secs(7)));
+        one.finish(slot);
+        assert!(!one.idle(t0 + Duration::from_secs(60)), "a finished worker is not idle: it is done");
+    }
 
     #[test]
     fn windows_align_to_epoch() {

@@ -330,8 +330,8 @@ fn run_worker(
     let mut kafka_reader = None;
     match &spec.source {
         SourceSpec::File(f) => {
-            file_reader =
-                Some(FileReader::open(&f.path, index, peers).map_err(|e| format!("{}: {e}", f.path.display()))?);
+            let reader = FileReader::open(&f.path, index, peers).map_err(|e| format!("{}: {e}", f.path.display()))?;
+            file_reader = Some(reader.with_control(control.clone()));
         }
         SourceSpec::Kafka(k) => {
             let reader =

@@ -243,6 +243,12 @@ impl JobMetrics {
         Arc::new(move || wms.iter().map(|w| w.load(Ordering::Relaxed)).min().unwrap_or(i64::MIN))
     }
 
+    /// The highest watermark of this process's workers (`None` before any): what an idle worker
+    /// follows, so that it does not hold the others back.
+    pub fn highest_watermark(&self) -> Option<i64> {
+        self.watermarks.iter().map(|w| w.load(Ordering::Relaxed)).filter(|w| *w != i64::MIN && *w != i64::MAX).max()
+    }
+
     /// The job's watermark: the minimum over workers (`None` before any).
     pub fn watermark(&self) -> Option<i64> {
         let min = self.watermarks.iter().map(|w| w.load(Ordering::Relaxed)).min()?;

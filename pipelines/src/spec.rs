@@ -831,8 +831,8 @@ impl JobSpec {
         self.validate_counters()?;
         self.validate_groups()?;
         self.validate_registry()?;
-        self.validate_handlers()?;
-        self.validate_alarms()
+        validate_handlers(&self.handlers)?;
+        validate_alarms(&self.alarms, &self.handlers, &self.groups)
     }
 
     fn validate_counters(&self) -> Result<(), SpecError> {
@@ -880,211 +880,6 @@ impl JobSpec {
             }
             if m.field.is_empty() {
                 return Err(SpecError::new(at("field"), "expected a field of the measurement"));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_handlers(&self) -> Result<(), SpecError> {
-        for (i, h) in self.handlers.iter().enumerate() {
-            let at = |field: &str| format!("handler[{i}].{field}");
-            if h.name.trim().is_empty() {
-                return Err(SpecError::new(at("name"), "expected a handler name, e.g. \"ops-slack\""));
-            }
-            if let Some(j) = self.handlers[..i].iter().position(|o| o.name == h.name) {
-                return Err(SpecError::new(at("name"), format!("{:?} is already the name of handler[{j}]", h.name)));
-            }
-            if h.timeout.is_zero() {
-                return Err(SpecError::new(at("timeout"), "expected a positive duration, e.g. \"10s\""));
-            }
-            let optional_name = |field: &str, value: &Option<String>| match value {
-                Some(v) if v.trim().is_empty() => Err(SpecError::new(at(field), "expected a name (or leave it out)")),
-                _ => Ok(()),
-            };
-            match &h.kind {
-                HandlerKind::Slack(s) => {
-                    if !is_http_url(&s.url) {
-                        return Err(SpecError::new(at("url"), "expected \"https://hooks.slack.com/services/…\""));
-                    }
-                    optional_name("channel", &s.channel)?;
-                    optional_name("username", &s.username)?;
-                }
-                HandlerKind::Smtp(s) => {
-                    if s.host.is_empty() || s.host.contains(|c: char| c.is_whitespace() || c == '/') {
-                        return Err(SpecError::new(
-                            at("host"),
-                            "expected the SMTP server's host name, e.g. \"smtp.example.com\"",
-                        ));
-                    }
-                    if s.port == 0 {
-                        return Err(SpecError::new(at("port"), "expected a port from 1 to 65535"));
-                    }
-                    if !is_mail_address(&s.from) {
-                        return Err(SpecError::new(at("from"), "expected an address like \"alarms@example.com\""));
-                    }
-                    if s.to.is_empty() {
-                        return Err(SpecError::new(at("to"), "expected at least one recipient"));
-                    }
-                    if let Some(k) = s.to.iter().position(|a| !is_mail_address(a)) {
-                        return Err(SpecError::new(
-                            format!("handler[{i}].to[{k}]"),
-                            "expected an address like \"ops@example.com\"",
-                        ));
-                    }
-                    optional_name("username", &s.username)?;
-                    // A username alone is kept: a serialised spec carries no password.
-                    if s.password.is_some() && s.username.is_none() {
-                        return Err(SpecError::new(at("username"), "missing: `password` needs a `username`"));
-                    }
-                }
-                HandlerKind::Webhook(w) => {
-                    if !is_http_url(&w.url) {
-                        return Err(SpecError::new(at("url"), "expected \"http(s)://host/path\""));
-                    }
-                    for (name, value) in &w.headers {
-                        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-                        if name.is_empty() || !name.chars().all(token) {
-                            return Err(SpecError::new(at("headers"), format!("{name:?} is not a header name")));
-                        }
-                        // The value is a secret: the message names the header only.
-                        if value.contains(['\r', '\n', '\0']) {
-                            return Err(SpecError::new(
-                                at("headers"),
-                                format!("the value of {name:?} contains a line break"),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_alarms(&self) -> Result<(), SpecError> {
-        for (i, a) in self.alarms.iter().enumerate() {
-            let at = |field: &str| format!("alarm[{i}].{field}");
-            if a.name.trim().is_empty() {
-                return Err(SpecError::new(at("name"), "expected a rule name, e.g. \"cpu_high\""));
-            }
-            if let Some(j) = self.alarms[..i].iter().position(|o| o.name == a.name) {
-                return Err(SpecError::new(at("name"), format!("{:?} is already the name of alarm[{j}]", a.name)));
-            }
-            match &a.watch {
-                AlarmWatch::Field { measurement, field, .. } => {
-                    if measurement.is_empty() {
-                        return Err(SpecError::new(at("measurement"), "expected a measurement, e.g. \"cpu\""));
-                    }
-                    if field.is_empty() {
-                        return Err(SpecError::new(at("field"), "expected a field of the measurement"));
-                    }
-                }
-                AlarmWatch::Group { level, metric } => {
-                    if !self.groups.enabled {
-                        return Err(SpecError::new(
-                            at("level"),
-                            "a rule on a group metric needs groups (groups.enabled is false)",
-                        ));
-                    }
-                    if !self.groups.levels.contains(level) {
-                        return Err(SpecError::new(at("level"), format!("\"{level}\" is not in groups.levels")));
-                    }
-                    if !BUILTIN_METRICS.contains(&metric.as_str())
-                        && !self.groups.metrics.iter().any(|m| m.name == *metric)
-                    {
-                        return Err(SpecError::new(
-                            at("metric"),
-                            format!("{metric:?} is neither a built-in group metric nor a [[groups.metric]]"),
-                        ));
-                    }
-                    if a.target != AlarmTarget::All && a.target.level() != Some(*level) {
-                        return Err(SpecError::new(
-                            at("target"),
-                            format!(
-                                "a rule on a group metric of level \"{level}\" expects target \"{level}\" or \"all\""
-                            ),
-                        ));
-                    }
-                }
-            }
-            if let Some(id) = &a.target_id {
-                if a.target == AlarmTarget::All {
-                    return Err(SpecError::new(at("target_id"), "needs a `target` of vm, mcis, ns or csp"));
-                }
-                if id.trim().is_empty() {
-                    return Err(SpecError::new(at("target_id"), "expected the id of a VM or group (or leave it out)"));
-                }
-            }
-            let c = a.comparison;
-            let numbers =
-                [("warn", a.warn), ("crit", a.crit), ("warn_reset", a.warn_reset), ("crit_reset", a.crit_reset)];
-            if let Some((field, _)) = numbers.iter().find(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
-                return Err(SpecError::new(at(field), "expected a finite number"));
-            }
-            match (a.warn, a.crit) {
-                (None, None) => return Err(SpecError::new(at("warn"), "expected `warn` or `crit` (or both)")),
-                (Some(warn), Some(crit)) => {
-                    let ordered = match c {
-                        Comparison::Gt | Comparison::Ge => crit >= warn,
-                        Comparison::Lt | Comparison::Le => crit <= warn,
-                        Comparison::Eq | Comparison::Ne => true,
-                    };
-                    if !ordered {
-                        let side = if matches!(c, Comparison::Gt | Comparison::Ge) { "at least" } else { "at most" };
-                        return Err(SpecError::new(
-                            at("crit"),
-                            format!("for comparison \"{c}\" crit must be {side} warn ({warn}), got {crit}"),
-                        ));
-                    }
-                }
-                _ => {}
-            }
-            if a.warn_windows == 0 {
-                return Err(SpecError::new(at("warn_windows"), "must be at least 1"));
-            }
-            if a.crit_windows == 0 {
-                return Err(SpecError::new(at("crit_windows"), "must be at least 1"));
-            }
-            for (field, reset, threshold, of) in
-                [("warn_reset", a.warn_reset, a.warn, "warn"), ("crit_reset", a.crit_reset, a.crit, "crit")]
-            {
-                let Some(reset) = reset else { continue };
-                let Some(threshold) = threshold else {
-                    return Err(SpecError::new(at(field), format!("needs `{of}`")));
-                };
-                // The level falls once the value is past the reset, so it must lie on the non-breaching side.
-                let side = match c {
-                    Comparison::Gt | Comparison::Ge if reset > threshold => "at or below",
-                    Comparison::Lt | Comparison::Le if reset < threshold => "at or above",
-                    Comparison::Eq | Comparison::Ne => {
-                        return Err(SpecError::new(at(field), format!("a reset does not apply to comparison \"{c}\"")))
-                    }
-                    _ => continue,
-                };
-                return Err(SpecError::new(
-                    at(field),
-                    format!(
-                        "for comparison \"{c}\" the reset must be {side} {of} ({threshold}), its non-breaching side; \
-                         got {reset}"
-                    ),
-                ));
-            }
-            for (k, name) in a.handlers.iter().enumerate() {
-                if !self.handlers.iter().any(|h| h.name == *name) {
-                    return Err(SpecError::new(
-                        format!("alarm[{i}].handlers[{k}]"),
-                        format!("no [[handler]] is named {name:?}"),
-                    ));
-                }
-                if a.handlers[..k].contains(name) {
-                    return Err(SpecError::new(
-                        format!("alarm[{i}].handlers[{k}]"),
-                        format!("{name:?} is listed twice"),
-                    ));
-                }
-            }
-            check_template(&a.message).map_err(|e| SpecError::new(at("message"), e))?;
-            if a.nodata_after == Some(0) {
-                return Err(SpecError::new(at("nodata_after"), "must be at least 1"));
             }
         }
         Ok(())
@@ -1191,6 +986,221 @@ impl JobSpec {
             _ => None,
         })
     }
+}
+
+/// Validates alarm rules and handlers kept outside a job spec (the job server's), as
+/// [`JobSpec::validate`] validates a spec's `[[alarm]]`s and `[[handler]]`s: the same checks, and
+/// errors naming the same fields (`alarm[0].crit`, `handler[1].url`, …) by position in `rules`
+/// and `handlers`. Rules on group metrics are checked against `groups`; `registry` is where a
+/// rule without `nodata_after` takes its default (any value is valid for it).
+pub fn validate_alarm_set(
+    rules: &[AlarmSpec],
+    handlers: &[HandlerSpec],
+    groups: &GroupsSpec,
+    registry: &RegistrySpec,
+) -> Result<(), SpecError> {
+    let _ = registry;
+    validate_handlers(handlers)?;
+    validate_alarms(rules, handlers, groups)
+}
+
+/// Checks `[[handler]]`s: names unique and set, timeouts positive, each kind's fields usable.
+fn validate_handlers(handlers: &[HandlerSpec]) -> Result<(), SpecError> {
+    for (i, h) in handlers.iter().enumerate() {
+        let at = |field: &str| format!("handler[{i}].{field}");
+        if h.name.trim().is_empty() {
+            return Err(SpecError::new(at("name"), "expected a handler name, e.g. \"ops-slack\""));
+        }
+        if let Some(j) = handlers[..i].iter().position(|o| o.name == h.name) {
+            return Err(SpecError::new(at("name"), format!("{:?} is already the name of handler[{j}]", h.name)));
+        }
+        if h.timeout.is_zero() {
+            return Err(SpecError::new(at("timeout"), "expected a positive duration, e.g. \"10s\""));
+        }
+        let optional_name = |field: &str, value: &Option<String>| match value {
+            Some(v) if v.trim().is_empty() => Err(SpecError::new(at(field), "expected a name (or leave it out)")),
+            _ => Ok(()),
+        };
+        match &h.kind {
+            HandlerKind::Slack(s) => {
+                if !is_http_url(&s.url) {
+                    return Err(SpecError::new(at("url"), "expected \"https://hooks.slack.com/services/…\""));
+                }
+                optional_name("channel", &s.channel)?;
+                optional_name("username", &s.username)?;
+            }
+            HandlerKind::Smtp(s) => {
+                if s.host.is_empty() || s.host.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return Err(SpecError::new(
+                        at("host"),
+                        "expected the SMTP server's host name, e.g. \"smtp.example.com\"",
+                    ));
+                }
+                if s.port == 0 {
+                    return Err(SpecError::new(at("port"), "expected a port from 1 to 65535"));
+                }
+                if !is_mail_address(&s.from) {
+                    return Err(SpecError::new(at("from"), "expected an address like \"alarms@example.com\""));
+                }
+                if s.to.is_empty() {
+                    return Err(SpecError::new(at("to"), "expected at least one recipient"));
+                }
+                if let Some(k) = s.to.iter().position(|a| !is_mail_address(a)) {
+                    return Err(SpecError::new(
+                        format!("handler[{i}].to[{k}]"),
+                        "expected an address like \"ops@example.com\"",
+                    ));
+                }
+                optional_name("username", &s.username)?;
+                // A username alone is kept: a serialised spec carries no password.
+                if s.password.is_some() && s.username.is_none() {
+                    return Err(SpecError::new(at("username"), "missing: `password` needs a `username`"));
+                }
+            }
+            HandlerKind::Webhook(w) => {
+                if !is_http_url(&w.url) {
+                    return Err(SpecError::new(at("url"), "expected \"http(s)://host/path\""));
+                }
+                for (name, value) in &w.headers {
+                    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+                    if name.is_empty() || !name.chars().all(token) {
+                        return Err(SpecError::new(at("headers"), format!("{name:?} is not a header name")));
+                    }
+                    // The value is a secret: the message names the header only.
+                    if value.contains(['\r', '\n', '\0']) {
+                        return Err(SpecError::new(
+                            at("headers"),
+                            format!("the value of {name:?} contains a line break"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks `[[alarm]]` rules against each other, the group settings and the `handlers` they name.
+fn validate_alarms(alarms: &[AlarmSpec], handlers: &[HandlerSpec], groups: &GroupsSpec) -> Result<(), SpecError> {
+    for (i, a) in alarms.iter().enumerate() {
+        let at = |field: &str| format!("alarm[{i}].{field}");
+        if a.name.trim().is_empty() {
+            return Err(SpecError::new(at("name"), "expected a rule name, e.g. \"cpu_high\""));
+        }
+        if let Some(j) = alarms[..i].iter().position(|o| o.name == a.name) {
+            return Err(SpecError::new(at("name"), format!("{:?} is already the name of alarm[{j}]", a.name)));
+        }
+        match &a.watch {
+            AlarmWatch::Field { measurement, field, .. } => {
+                if measurement.is_empty() {
+                    return Err(SpecError::new(at("measurement"), "expected a measurement, e.g. \"cpu\""));
+                }
+                if field.is_empty() {
+                    return Err(SpecError::new(at("field"), "expected a field of the measurement"));
+                }
+            }
+            AlarmWatch::Group { level, metric } => {
+                if !groups.enabled {
+                    return Err(SpecError::new(
+                        at("level"),
+                        "a rule on a group metric needs groups (groups.enabled is false)",
+                    ));
+                }
+                if !groups.levels.contains(level) {
+                    return Err(SpecError::new(at("level"), format!("\"{level}\" is not in groups.levels")));
+                }
+                if !BUILTIN_METRICS.contains(&metric.as_str()) && !groups.metrics.iter().any(|m| m.name == *metric) {
+                    return Err(SpecError::new(
+                        at("metric"),
+                        format!("{metric:?} is neither a built-in group metric nor a [[groups.metric]]"),
+                    ));
+                }
+                if a.target != AlarmTarget::All && a.target.level() != Some(*level) {
+                    return Err(SpecError::new(
+                        at("target"),
+                        format!("a rule on a group metric of level \"{level}\" expects target \"{level}\" or \"all\""),
+                    ));
+                }
+            }
+        }
+        if let Some(id) = &a.target_id {
+            if a.target == AlarmTarget::All {
+                return Err(SpecError::new(at("target_id"), "needs a `target` of vm, mcis, ns or csp"));
+            }
+            if id.trim().is_empty() {
+                return Err(SpecError::new(at("target_id"), "expected the id of a VM or group (or leave it out)"));
+            }
+        }
+        let c = a.comparison;
+        let numbers = [("warn", a.warn), ("crit", a.crit), ("warn_reset", a.warn_reset), ("crit_reset", a.crit_reset)];
+        if let Some((field, _)) = numbers.iter().find(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
+            return Err(SpecError::new(at(field), "expected a finite number"));
+        }
+        match (a.warn, a.crit) {
+            (None, None) => return Err(SpecError::new(at("warn"), "expected `warn` or `crit` (or both)")),
+            (Some(warn), Some(crit)) => {
+                let ordered = match c {
+                    Comparison::Gt | Comparison::Ge => crit >= warn,
+                    Comparison::Lt | Comparison::Le => crit <= warn,
+                    Comparison::Eq | Comparison::Ne => true,
+                };
+                if !ordered {
+                    let side = if matches!(c, Comparison::Gt | Comparison::Ge) { "at least" } else { "at most" };
+                    return Err(SpecError::new(
+                        at("crit"),
+                        format!("for comparison \"{c}\" crit must be {side} warn ({warn}), got {crit}"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if a.warn_windows == 0 {
+            return Err(SpecError::new(at("warn_windows"), "must be at least 1"));
+        }
+        if a.crit_windows == 0 {
+            return Err(SpecError::new(at("crit_windows"), "must be at least 1"));
+        }
+        for (field, reset, threshold, of) in
+            [("warn_reset", a.warn_reset, a.warn, "warn"), ("crit_reset", a.crit_reset, a.crit, "crit")]
+        {
+            let Some(reset) = reset else { continue };
+            let Some(threshold) = threshold else {
+                return Err(SpecError::new(at(field), format!("needs `{of}`")));
+            };
+            // The level falls once the value is past the reset, so it must lie on the non-breaching side.
+            let side = match c {
+                Comparison::Gt | Comparison::Ge if reset > threshold => "at or below",
+                Comparison::Lt | Comparison::Le if reset < threshold => "at or above",
+                Comparison::Eq | Comparison::Ne => {
+                    return Err(SpecError::new(at(field), format!("a reset does not apply to comparison \"{c}\"")))
+                }
+                _ => continue,
+            };
+            return Err(SpecError::new(
+                at(field),
+                format!(
+                    "for comparison \"{c}\" the reset must be {side} {of} ({threshold}), its non-breaching side; \
+                     got {reset}"
+                ),
+            ));
+        }
+        for (k, name) in a.handlers.iter().enumerate() {
+            if !handlers.iter().any(|h| h.name == *name) {
+                return Err(SpecError::new(
+                    format!("alarm[{i}].handlers[{k}]"),
+                    format!("no [[handler]] is named {name:?}"),
+                ));
+            }
+            if a.handlers[..k].contains(name) {
+                return Err(SpecError::new(format!("alarm[{i}].handlers[{k}]"), format!("{name:?} is listed twice")));
+            }
+        }
+        check_template(&a.message).map_err(|e| SpecError::new(at("message"), e))?;
+        if a.nodata_after == Some(0) {
+            return Err(SpecError::new(at("nodata_after"), "must be at least 1"));
+        }
+    }
+    Ok(())
 }
 
 /// `http://` or `https://` followed by a host.

@@ -156,13 +156,13 @@ impl InfluxWriter {
     /// Starts the writer thread; the database and retention policy are created by it (retried
     /// like writes while InfluxDB is unreachable).
     pub fn new(cfg: InfluxConfig, worker: usize) -> Result<Self, SinkError> {
-        let uri: hyper::Uri = cfg
-            .url
-            .parse()
-            .map_err(|e| SinkError::Influx { what: format!("invalid url {:?}", cfg.url), reason: format!("{e}") })?;
+        let uri: hyper::Uri = cfg.url.parse().map_err(|e| SinkError::Influx {
+            what: format!("invalid url {}", crate::notify::Origin(&cfg.url)),
+            reason: format!("{e}"),
+        })?;
         if uri.scheme_str() != Some("http") {
             return Err(SinkError::Influx {
-                what: format!("invalid url {:?}", cfg.url),
+                what: format!("invalid url {}", crate::notify::Origin(&cfg.url)),
                 reason: "expected http://host:port".into(),
             });
         }
@@ -188,7 +188,9 @@ impl InfluxWriter {
 
     fn check(&self) -> Result<(), SinkError> {
         match self.shared.fatal.lock().ok().and_then(|f| f.clone()) {
-            Some(reason) => Err(SinkError::Influx { what: format!("writing to {}", self.cfg.url), reason }),
+            Some(reason) => {
+                Err(SinkError::Influx { what: format!("writing to {}", crate::notify::Origin(&self.cfg.url)), reason })
+            }
             None => Ok(()),
         }
     }
@@ -234,7 +236,7 @@ impl InfluxWriter {
         let tx =
             self.tx.as_ref().ok_or_else(|| SinkError::Influx { what: "send".into(), reason: "finished".into() })?;
         tx.blocking_send(batch).map_err(|_| SinkError::Influx {
-            what: format!("writing to {}", self.cfg.url),
+            what: format!("writing to {}", crate::notify::Origin(&self.cfg.url)),
             reason: self.shared.fatal.lock().ok().and_then(|f| f.clone()).unwrap_or_else(|| "writer stopped".into()),
         })
     }

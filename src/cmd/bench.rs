@@ -46,7 +46,35 @@ pub struct BenchArgs {
     /// Run without the fleet metrics (groups, rankings, registry, health), to measure their cost.
     #[arg(long)]
     pub without_groups: bool,
+    /// Add alarm rules (a per-VM CPU rule and an MCIS group-metric rule, as in the README), to
+    /// measure the cost of evaluating them.
+    #[arg(long, conflicts_with = "without_groups")]
+    pub with_alarms: bool,
 }
+
+/// The rules `--with-alarms` adds: one per VM on a field, one per MCIS on a group metric.
+const BENCH_ALARMS: &str = r#"
+[[alarm]]
+name = "cpu_busy"
+measurement = "cpu"
+field = "usage_idle"
+aggregate = "mean"
+target = "vm"
+comparison = "<"
+warn = 40
+crit = 20
+warn_windows = 2
+warn_reset = 50
+crit_reset = 25
+
+[[alarm]]
+name = "mcis_cpu"
+level = "mcis"
+metric = "cpu_util_mean"
+comparison = ">="
+warn = 60
+crit = 80
+"#;
 
 /// Event time of the first generated tick (the loadgen default for files), ns.
 const START_NS: i64 = 1_700_000_000_000_000_000;
@@ -76,7 +104,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
     for run in 0..args.runs.max(1) {
         let lake = dir.path().join(format!("lake-{run}"));
-        let mut spec = JobSpec::parse(&spec_text(&input, args.format, &lake, None)?)?;
+        let mut text = spec_text(&input, args.format, &lake, None)?;
+        if args.with_alarms {
+            text.push_str(BENCH_ALARMS);
+        }
+        let mut spec = JobSpec::parse(&text)?;
         spec.groups.enabled = !args.without_groups;
         let metrics = Arc::new(JobMetrics::new(args.workers));
         let options = RunOptions { workers: args.workers, ..Default::default() };
@@ -134,6 +166,7 @@ fn generate_input(args: &BenchArgs, path: &Path, seconds: u64, churn: f64) -> an
         start: Some(START_NS / 1_000_000_000),
         fast: true,
         report: None,
+        pull: None,
     };
     let t = Instant::now();
     let stats = generate(&gen, &AtomicBool::new(false), &mut |_| {})?;
@@ -213,7 +246,11 @@ fn churn_report(args: &BenchArgs) -> anyhow::Result<()> {
     // One replacement round per minute mark after the first tick (by construction of the fleet).
     let agents_ever = args.agents + (churn * args.agents as f64).round() as usize * (minutes as usize - 1);
 
-    let mut spec = JobSpec::parse(&spec_text(&input, args.format, &dir.path().join("lake"), Some(SERIES_TTL))?)?;
+    let mut text = spec_text(&input, args.format, &dir.path().join("lake"), Some(SERIES_TTL))?;
+    if args.with_alarms {
+        text.push_str(BENCH_ALARMS);
+    }
+    let mut spec = JobSpec::parse(&text)?;
     spec.groups.enabled = !args.without_groups;
     let metrics = Arc::new(JobMetrics::new(args.workers));
     let options = RunOptions { workers: args.workers, ..Default::default() };

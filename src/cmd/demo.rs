@@ -144,6 +144,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         start: None,
         fast: false,
         report: None,
+        pull: None,
     };
     let stop = AtomicBool::new(false);
     let generated = {

@@ -1,10 +1,13 @@
-//! The subcommands.
+//! The subcommands: local ones (`run`, `sql --lake`, `loadgen`, `demo`, `bench`, `alarms test|list`),
+//! the job server (`serve`) and its client (`client`: `submit`, `jobs`, `agents`, …).
 
 pub mod alarms;
 pub mod bench;
+pub mod client;
 pub mod demo;
 pub mod loadgen;
 pub mod run;
+pub mod serve;
 pub mod sql;
 
 use std::sync::Arc;

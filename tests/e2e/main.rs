@@ -2,7 +2,8 @@
 //!
 //! One test crate (one link of DataFusion) with a module per area. Tests here need no outside
 //! service: Kafka is librdkafka's in-process mock cluster. Tests against real services (tansu,
-//! InfluxDB) live in `services`, and need what `tests/run-all.sh` starts.
+//! InfluxDB, aiosmtpd) live in `services`, `crash`, `registry_topic`, `server` and `alarms`, and
+//! need what `tests/run-all.sh` starts or installs.
 
 mod alarms;
 mod cli;
@@ -13,4 +14,5 @@ mod file_job;
 mod groups;
 mod kafka_mock;
 mod registry_topic;
+mod server;
 mod services;

@@ -30,6 +30,8 @@ pub struct FileReader {
     slot: Option<usize>,
     origin: Origin,
     done: bool,
+    /// A stop ends the reading at once; a drain reads on to the end of the file.
+    control: Option<Arc<crate::control::JobControl>>,
 }
 
 impl FileReader {
@@ -50,14 +52,21 @@ impl FileReader {
             slot: None,
             origin: Origin { source, partition: 0, position: 0 },
             done: false,
+            control: None,
         })
+    }
+
+    /// Stops reading when `control` asks the job to stop.
+    pub fn with_control(mut self, control: Arc<crate::control::JobControl>) -> FileReader {
+        self.control = Some(control);
+        self
     }
 }
 
 impl Reader for FileReader {
     fn read(&mut self, ingest: &mut Ingest, watermarks: &mut Watermarks, budget: usize, now: Instant) -> ReadStatus {
         let slot = *self.slot.get_or_insert_with(|| watermarks.add_partition(now));
-        if self.done {
+        if self.done || self.control.as_ref().is_some_and(|c| c.stopping()) {
             return ReadStatus::Done;
         }
         let arrival = wall_ns();

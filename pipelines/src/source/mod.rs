@@ -231,7 +231,15 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
                     session.give(SinkItem::Rejects(out.rejects));
                 }
             }
-            let wm = watermarks.advance(now);
+            let mut wm = watermarks.advance(now);
+            // A worker with no partition, or only idle ones, follows the others rather than
+            // holding every window of the job open.
+            if watermarks.idle(now) {
+                if let Some(others) = metrics.highest_watermark() {
+                    watermarks.raise_combined(others);
+                    wm = watermarks.combined();
+                }
+            }
             metrics.set_watermark(worker, wm);
             metrics.set_data_watermark(worker, wm);
             let next = (wm.saturating_add(1)).max(0) as Time;
