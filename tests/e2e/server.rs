@@ -302,7 +302,7 @@ fn rules_over_http_reach_a_running_job_and_secrets_stay_out_of_answers() {
              GROUP BY bucket ORDER BY bucket"
         ),
     );
-    let rows = history.as_array().or_else(|| history["rows"].as_array()).cloned().unwrap_or_default();
+    let rows = history["points"].as_array().cloned().unwrap_or_default();
     let got: Vec<f64> = rows.iter().filter_map(|r| r["value"].as_f64()).collect();
     let want: Vec<f64> = want.iter().map(|r| r["v"].parse::<f64>().unwrap()).collect();
     assert_eq!(got.len(), want.len(), "{history} vs {want:?}");
