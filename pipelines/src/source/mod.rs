@@ -9,6 +9,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod pull;
 pub mod registry;
 
 use std::sync::atomic::Ordering;
