@@ -9,7 +9,7 @@
 //!   JSON log line per request.
 //! - [`serve`]: binds, serves until SIGINT/SIGTERM, then stops every job gracefully.
 //!
-//! ```ignore
+//! ```no_run
 //! let config = server::ServerConfig { data_dir: "/var/lib/dragonflow".into(), ..Default::default() };
 //! server::serve(config).unwrap();
 //! ```
