@@ -89,10 +89,10 @@ pub fn start_dispatcher(
 }
 
 /// How long a job that ends waits for deliveries still in flight: one full retry policy of the
-/// slowest handler, at most a minute.
-pub fn delivery_grace(spec: &JobSpec) -> Duration {
-    spec.handlers
-        .iter()
+/// slowest handler (its own or the server's), at most a minute.
+pub fn delivery_grace(own: &[sinks::notify::HandlerSpec], live: &[sinks::notify::HandlerSpec]) -> Duration {
+    own.iter()
+        .chain(live)
         .map(|h| h.timeout * (h.retries + 1) + Duration::from_secs(1))
         .max()
         .unwrap_or_default()

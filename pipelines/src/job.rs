@@ -109,6 +109,7 @@ pub fn run_job(
     spec.validate().map_err(|e| JobError::Source(e.to_string()))?;
     let spec_source = spec.source.clone();
     let spec_for_grace = spec.clone();
+    let live_handlers = options.alarms.as_ref().map(|l| l.handlers()).unwrap_or_default();
     if let SourceSpec::File(f) = &spec.source {
         // Fail before starting workers, with the path in the message.
         std::fs::metadata(&f.path).map_err(|e| JobError::Source(format!("{}: {e}", f.path.display())))?;
@@ -168,7 +169,7 @@ pub fn run_job(
     // Alarm rules carry on the levels their targets had when the last run stopped.
     let size = spec.window.size.as_nanos() as i64;
     let alarms = match (coordinator.as_ref().and_then(|c| c.restored()), crate::alarms::lake_path(spec)) {
-        (Some(r), Some(lake)) if !spec.alarms.is_empty() => {
+        (Some(r), Some(lake)) if !spec.alarms.is_empty() || options.alarms.is_some() => {
             let levels = crate::alarms::restored_levels(&lake, r.frontier)
                 .map_err(|e| JobError::Source(format!("cannot read the alarm levels of the last run: {e}")))?;
             AlarmSetup { levels: Arc::new(levels), evaluated_until: (r.frontier - 1).div_euclid(size) * size }
@@ -217,7 +218,7 @@ pub fn run_job(
     // Deliveries still in flight get one full retry policy; what is left is recorded as failed.
     if let Some(d) = dispatcher.and_then(Arc::into_inner) {
         let pending = d.pending();
-        let grace = crate::alarms::delivery_grace(&spec_for_grace);
+        let grace = crate::alarms::delivery_grace(&spec_for_grace.handlers, &live_handlers);
         if pending > 0 {
             eprintln!("dragonflow: delivering {pending} alarm event(s), waiting up to {} s", grace.as_secs());
         }

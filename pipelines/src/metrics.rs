@@ -243,10 +243,17 @@ impl JobMetrics {
         Arc::new(move || wms.iter().map(|w| w.load(Ordering::Relaxed)).min().unwrap_or(i64::MIN))
     }
 
-    /// The highest watermark of this process's workers (`None` before any): what an idle worker
-    /// follows, so that it does not hold the others back.
-    pub fn highest_watermark(&self) -> Option<i64> {
-        self.watermarks.iter().map(|w| w.load(Ordering::Relaxed)).filter(|w| *w != i64::MIN && *w != i64::MAX).max()
+    /// The lowest watermark of this process's other workers that have one (`None` if none has):
+    /// what an idle worker follows, so that it holds nothing back without closing windows the
+    /// others still hold open.
+    pub fn others_watermark(&self, worker: usize) -> Option<i64> {
+        self.watermarks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != worker)
+            .map(|(_, w)| w.load(Ordering::Relaxed))
+            .filter(|w| *w != i64::MIN && *w != i64::MAX)
+            .min()
     }
 
     /// The job's watermark: the minimum over workers (`None` before any).

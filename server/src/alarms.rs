@@ -315,6 +315,8 @@ pub async fn put_handler(
     body: Body,
 ) -> ApiResult<(StatusCode, Json<Value>)> {
     let mut raw = named(body.object()?, &name)?;
+    // A GET answer sent back as is: its list of write-only fields is not part of a handler.
+    raw.remove("write_only");
     let (status, json) = server.alarms.change("handler", |set| {
         let index = set.handlers.iter().position(|h| h.spec.name == name);
         if let Some(i) = index {

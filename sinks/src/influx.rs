@@ -586,7 +586,8 @@ impl Ctx {
                     if started.elapsed() >= self.cfg.retry_for {
                         return Err(format!(
                             "InfluxDB at {} still failing after {:?}: {reason}",
-                            self.cfg.url, self.cfg.retry_for
+                            crate::notify::Origin(&self.cfg.url),
+                            self.cfg.retry_for
                         ));
                     }
                     self.shared.retries.fetch_add(1, Ordering::Relaxed);

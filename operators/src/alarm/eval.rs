@@ -157,6 +157,9 @@ pub struct RuleSet {
     /// Increases with every change.
     pub version: u64,
     pub rules: Vec<Rule>,
+    /// The next id to give: ids are never reused, so a value still in flight for a removed rule
+    /// is never taken for another.
+    next_id: u32,
 }
 
 impl RuleSet {
@@ -178,22 +181,28 @@ impl LiveRules {
         for (i, r) in rules.iter_mut().enumerate() {
             r.id = i as u32;
         }
-        LiveRules { inner: Arc::new(std::sync::RwLock::new(Arc::new(RuleSet { version: 0, rules }))) }
+        let next_id = rules.len() as u32;
+        LiveRules { inner: Arc::new(std::sync::RwLock::new(Arc::new(RuleSet { version: 0, rules, next_id }))) }
     }
 
     pub fn current(&self) -> Arc<RuleSet> {
         self.inner.read().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Replaces the rules. A rule equal to one in force keeps its id, and its targets their
-    /// states; a new or changed rule gets a new id and its targets start afresh.
+    /// Replaces the rules. A rule that watches the same value of the same targets with the same
+    /// thresholds as one in force keeps its id, and its targets their states (a new message or
+    /// new handlers apply from the next event); a new or otherwise changed rule gets a new id and
+    /// its targets start afresh.
     pub fn replace(&self, rules: Vec<Rule>) {
         let Ok(mut set) = self.inner.write() else { return };
-        let mut next_id = set.rules.iter().map(|r| r.id + 1).max().unwrap_or(0);
+        let mut next_id = set.next_id;
         let rules = rules
             .into_iter()
             .map(|mut r| {
-                let same = set.rules.iter().find(|old| Rule { id: old.id, ..r.clone() } == **old);
+                let same = set.rules.iter().find(|old| {
+                    (&old.name, &old.watch, old.target, &old.target_id, old.levels)
+                        == (&r.name, &r.watch, r.target, &r.target_id, r.levels)
+                });
                 r.id = match same {
                     Some(old) => old.id,
                     None => {
@@ -204,7 +213,7 @@ impl LiveRules {
                 r
             })
             .collect();
-        *set = Arc::new(RuleSet { version: set.version + 1, rules });
+        *set = Arc::new(RuleSet { version: set.version + 1, rules, next_id });
     }
 }
 
@@ -425,10 +434,9 @@ impl Evaluator {
             inputs.sort_by(|a, b| a.0.cmp(&b.0));
             for (key, partial) in inputs {
                 let Some(rule) = rules.get(key.0) else { continue };
-                let tracked = self
-                    .states
-                    .entry(key.clone())
-                    .or_insert_with(|| Tracked { state: AlarmState::new(), last_end: end - size });
+                // Most targets are OK without a streak: they hold no state between windows.
+                let mut fresh = Tracked { state: AlarmState::new(), last_end: end - size };
+                let tracked = self.states.get_mut(&key).unwrap_or(&mut fresh);
                 // The windows between its last one and this one were silent: they are closed, and
                 // the target's next value is known.
                 silence(rule, &key.1, tracked, end - size, size, out);
@@ -438,16 +446,27 @@ impl Evaluator {
                     }
                 }
                 tracked.last_end = tracked.last_end.max(end);
-                if tracked.state.is_fresh() {
-                    self.states.remove(&key);
+                let keep = !tracked.state.is_fresh();
+                match (keep, self.states.contains_key(&key)) {
+                    (true, false) => {
+                        self.states.insert(key, fresh);
+                    }
+                    (false, true) => {
+                        self.states.remove(&key);
+                    }
+                    _ => {}
                 }
             }
         }
         let upto = closed_by_data.min(closed_before.saturating_sub(1));
+        // Only states that silence can still change: settled ones (NODATA, or OK) just wait.
         let mut keys: Vec<_> = self
             .states
             .iter()
-            .filter(|(_, t)| t.last_end.saturating_add(size) <= upto)
+            .filter(|(k, t)| {
+                t.last_end.saturating_add(size) <= upto
+                    && rules.get(k.0).is_some_and(|r| !t.state.silence_settled(&r.levels))
+            })
             .map(|(k, _)| k.clone())
             .collect();
         keys.sort();
@@ -841,6 +860,14 @@ mod tests {
         live.replace(vec![rule(RuleTarget::Vm, RuleAggregate::Mean), other]);
         let ids: Vec<_> = live.current().rules.iter().map(|r| r.id).collect();
         assert_eq!(ids, vec![0, 1]);
+        ev.set_rules(live.current());
+        assert_eq!(ev.tracked(), 1);
+        // A new message or new handlers keep the rule and its states.
+        let mut reworded = rule(RuleTarget::Vm, RuleAggregate::Mean);
+        reworded.message = "{target} is {level}".into();
+        reworded.handlers.clear();
+        live.replace(vec![reworded]);
+        assert_eq!(live.current().rules[0].id, 0);
         ev.set_rules(live.current());
         assert_eq!(ev.tracked(), 1);
         // A changed threshold is a new rule: its targets start afresh.

@@ -236,7 +236,7 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
             // A worker with no partition, or only idle ones, follows the others rather than
             // holding every window of the job open.
             if watermarks.idle(now) {
-                if let Some(others) = metrics.highest_watermark() {
+                if let Some(others) = metrics.others_watermark(worker) {
                     watermarks.raise_combined(others);
                     wm = watermarks.combined();
                 }
