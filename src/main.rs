@@ -26,6 +26,8 @@ enum Command {
     Sql(cmd::sql::SqlArgs),
     /// Alarms: a local job spec's rules (test, list), or the job server's rules, handlers and events.
     Alarms(cmd::alarms::AlarmsArgs),
+    /// Call a pull agent now ("what is this VM doing now?"): its values and each call's latency, written nowhere.
+    Ondemand(cmd::ondemand::OndemandArgs),
     /// Generate metrics of N virtual agents into Kafka or a file, or serve them over HTTP (--mode pull).
     Loadgen(cmd::loadgen::LoadgenArgs),
     /// The whole pipeline in one process, nothing to install: in-process Kafka, load, windows, lake, SQL.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Sql(a) => cmd::sql::run(a),
         Command::Alarms(a) => cmd::alarms::run(a),
         Command::Loadgen(a) => cmd::loadgen::run(a),
+        Command::Ondemand(a) => cmd::ondemand::run(a),
         Command::Demo(a) => cmd::demo::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Serve(a) => cmd::serve::run(a),

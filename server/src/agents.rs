@@ -258,3 +258,40 @@ pub async fn delete(State(server): State<Arc<Server>>, PathParam(key): PathParam
     server.agents.set(&key, None)?;
     Ok(Json(json!({"key": key, "deleted": true})))
 }
+
+/// `GET /agents/{key}/ondemand`: calls a pull agent now, for each measurement asked (default:
+/// the pull source's), and answers its values with each call's latency. Nothing is written.
+pub async fn ondemand(
+    State(server): State<Arc<Server>>,
+    PathParam(key): PathParam,
+    params: Params,
+) -> ApiResult<Json<Value>> {
+    check_key(&key)?;
+    let record = match server.agents.entries().get(&key) {
+        Some(Some(record)) => record.clone(),
+        _ => return Err(ApiError::not_found(format!("no agent {key:?} in the registry"))),
+    };
+    let Some(url) = record.pull_url.clone() else {
+        return Err(ApiError::conflict(format!("agent {key:?} has no pull_url: on-demand calls need a pull agent")));
+    };
+    let measurements: Vec<String> = match params.get("measurement") {
+        Some(list) => list.split(',').map(str::trim).filter(|m| !m.is_empty()).map(String::from).collect(),
+        None => pipelines::source::pull::PullConfig::default().measurements,
+    };
+    let timeout = match params.get("timeout") {
+        Some(t) => humantime::parse_duration(t)
+            .map_err(|e| ApiError::bad_request(format!("timeout: expected a duration like \"5s\": {e}")))?,
+        None => std::time::Duration::from_secs(5),
+    };
+    let answers = pipelines::source::pull::fetch_now(&url, &measurements, timeout).await;
+    let results: Vec<Value> = answers
+        .into_iter()
+        .map(|(measurement, answer)| match answer {
+            Ok((metric, latency)) => {
+                json!({"measurement": measurement, "latency_ms": latency.as_secs_f64() * 1e3, "metric": metric})
+            }
+            Err(error) => json!({"measurement": measurement, "error": error}),
+        })
+        .collect();
+    Ok(Json(json!({"key": key, "pull_url": url, "results": results})))
+}

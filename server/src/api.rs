@@ -295,6 +295,16 @@ pub fn routes() -> Vec<Route> {
             "remove a registry record (a tombstone for running jobs)",
             agents::delete,
         ),
+        Route::new(
+            Method::GET,
+            "/agents/{key}/ondemand",
+            "call a pull agent now: its values and each call's latency, written nowhere",
+            agents::ondemand,
+        )
+        .query(&[
+            ("measurement", "comma-separated measurements (default: cpu,cpufreq,mem,disk,diskio,net)"),
+            ("timeout", "per call, e.g. 2s (default 5s)"),
+        ]),
         Route::new(Method::GET, "/alarms/handlers", "alarm handlers, secrets left out", alarms::list_handlers),
         Route::new(Method::POST, "/alarms/handlers", "add a handler (as in [[handler]])", alarms::create_handler)
             .body(JSON)

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod loadgen;
+pub mod ondemand;
 pub mod run;
 pub mod serve;
 pub mod sql;

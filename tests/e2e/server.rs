@@ -358,3 +358,108 @@ fn without_the_token_every_route_is_refused() {
     assert!((400..500).contains(&status), "{status}");
     assert!(v["error"].as_str().is_some_and(|e| e.contains('`')), "{v}");
 }
+
+/// A `dragonflow loadgen --mode pull` process: N agents served over HTTP, and its registry file.
+struct PullAgents {
+    child: Child,
+    registry: Vec<Value>,
+    port: u16,
+}
+
+impl PullAgents {
+    fn start(dir: &Path, agents: usize) -> PullAgents {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let registry = dir.join("pull-agents.json");
+        let child = Command::new(bin())
+            .args(["loadgen", "--mode", "pull", "--agents", &agents.to_string(), "--duration", "0s"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--registry-out", registry.to_str().unwrap()])
+            .args(["--status-every", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !registry.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the pull agents did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let registry: Value = serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();
+        PullAgents { child, registry: registry.as_array().unwrap().clone(), port }
+    }
+
+    /// Switches one agent's behaviour through the listener's control endpoint.
+    fn set(&self, vm_id: &str, state: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let req = format!(
+            "POST /control/agents/{vm_id}?state={state} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
+
+impl Drop for PullAgents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn on_demand_calls_a_pull_agent_now_through_the_server_and_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = PullAgents::start(dir.path(), 3);
+    let server = Server::start(&dir.path().join("server"), &dir.path().join("lake"));
+    let record = &agents.registry[0];
+    let (ns, mcis, vm, csp) = (
+        record["ns_id"].as_str().unwrap(),
+        record["mcis_id"].as_str().unwrap(),
+        record["vm_id"].as_str().unwrap(),
+        record["csp_type"].as_str().unwrap(),
+    );
+    let key = format!("{ns}/{mcis}/{vm}/{csp}");
+    let encoded = key.replace('/', "%2F");
+    let pull_url = record["pull_url"].as_str().unwrap();
+    let (status, answer) = server.call(
+        "PUT",
+        &format!("/agents/{encoded}"),
+        Some(json!({"mechanism": "pull", "pull_url": pull_url, "state": "enable"})),
+    );
+    assert!(status == 200 || status == 201, "{status} {answer}");
+
+    let (status, answer) = server.call("GET", &format!("/agents/{encoded}/ondemand?measurement=cpu,mem"), None);
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results");
+    assert_eq!(results.len(), 2, "{answer}");
+    for (r, name) in results.iter().zip(["cpu", "mem"]) {
+        assert_eq!(r["measurement"], name, "{answer}");
+        assert_eq!(r["metric"]["name"], name, "{answer}");
+        assert_eq!(r["metric"]["tags"]["vmId"], vm, "{answer}");
+        assert!(r["latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{answer}");
+    }
+    assert!(results[0]["metric"]["fields"]["usage_idle"].is_number(), "{answer}");
+
+    // The same through the CLI; then a failing agent: named, and a non-zero exit.
+    let base = ["--server", &server.url(), "--token", &server.token];
+    let out = dragonflow(&[&["ondemand", &key, "--measurement", "cpu"][..], &base[..]].concat());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success() && text.contains("usage_idle="), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    agents.set(vm, "fail");
+    let out = dragonflow(&[&["ondemand", &key, "--measurement", "cpu"][..], &base[..]].concat());
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && text.contains("cpu") && text.contains("FAILED"), "{text}");
+    // Without the server, straight to the agent's URL.
+    agents.set(vm, "ok");
+    let out = dragonflow(&["ondemand", &key, "--url", pull_url, "--measurement", "mem", "--json"]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(out.status.success(), "{answer}");
+    assert_eq!(answer["results"][0]["metric"]["name"], "mem", "{answer}");
+    // An agent without a pull_url cannot be called.
+    let (status, _) = server.call("PUT", "/agents/a%2Fb%2Fc%2Fd", Some(json!({"mechanism": "push"})));
+    assert!(status == 200 || status == 201);
+    let (status, answer) = server.call("GET", "/agents/a%2Fb%2Fc%2Fd/ondemand", None);
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|e| e.contains("pull_url")), "{answer}");
+}
