@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::extract::State;
@@ -28,6 +28,7 @@ use serde_json::{json, Map, Value};
 use crate::api::{ApiError, ApiResult, Body, Params, PathParam};
 use crate::queries::{lake_rows, lit};
 use crate::store;
+use crate::store::lock;
 use crate::Server;
 
 /// Fields a `PUT /agents/{key}` body may carry (the camelCase names of the reference framework
@@ -60,10 +61,6 @@ const FIELDS: &[&str] = &[
 pub struct Registry {
     path: PathBuf,
     entries: Mutex<BTreeMap<String, Option<AgentRecord>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Registry {

@@ -13,7 +13,7 @@
 //! `url` equal to the origin shown counts as not given), so what a `GET` answered can be sent back.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::extract::State;
@@ -27,6 +27,7 @@ use sinks::notify::Origin;
 
 use crate::api::{ApiError, ApiResult, Body, PathParam};
 use crate::store;
+use crate::store::lock;
 use crate::Server;
 
 #[derive(Clone)]
@@ -57,10 +58,6 @@ pub struct AlarmStore {
     dir: PathBuf,
     pub(crate) live: LiveAlarms,
     set: Mutex<AlarmSet>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AlarmStore {

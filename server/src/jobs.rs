@@ -12,7 +12,7 @@
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::api::{content_type, ApiError, ApiResult, Body, PathParam};
+use crate::store::lock;
 use crate::store::{self, now_rfc3339, ns_rfc3339};
 use crate::Server;
 
@@ -88,10 +89,6 @@ pub struct Job {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The spec's secrets, masked wherever a message might repeat them (see [`secrets`]).
     secrets: Vec<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Job {

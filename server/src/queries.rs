@@ -69,15 +69,11 @@ pub(crate) fn parse_time(name: &str, text: &str) -> ApiResult<i64> {
         return t.timestamp_nanos_opt().ok_or_else(|| ApiError::bad_request(format!("`{name}` is out of range")));
     }
     match humantime::parse_duration(text) {
-        Ok(d) => Ok(now_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))),
+        Ok(d) => Ok(pipelines::source::wall_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))),
         Err(_) => Err(ApiError::bad_request(format!(
             "`{name}`: expected an RFC 3339 time (2024-05-01T12:00:00Z) or a duration back from now (1h), got {text:?}"
         ))),
     }
-}
-
-fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
 
 /// `since`/`until`, or `duration` back from now (`default` when none of them is given).
@@ -95,7 +91,7 @@ fn time_range(params: &Params, default: Option<&str>) -> ApiResult<(Option<i64>,
 fn parse_duration_back(name: &str, text: &str) -> ApiResult<i64> {
     let d = humantime::parse_duration(text)
         .map_err(|_| ApiError::bad_request(format!("`{name}`: expected a duration like 1h, got {text:?}")))?;
-    Ok(now_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
+    Ok(pipelines::source::wall_ns().saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)))
 }
 
 /// `column >= since AND column < until` as SQL conditions.

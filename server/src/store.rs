@@ -93,6 +93,9 @@ pub(crate) fn now_rfc3339() -> String {
 }
 
 /// Nanoseconds since the epoch as RFC 3339 in UTC.
-pub(crate) fn ns_rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+pub(crate) use operators::alarm::eval::format_time as ns_rfc3339;
+
+/// Locks a mutex; a panic elsewhere while it was held does not make the state unusable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
