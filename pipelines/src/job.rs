@@ -27,7 +27,8 @@ use crate::metrics::JobMetrics;
 use crate::sink::{lake_sink, SinkOutcome, Writer};
 use crate::source::file::FileReader;
 use crate::source::kafka::{commit_offsets, KafkaReader};
-use crate::source::{ingest_source, SourceCheckpoints};
+use crate::source::pull::{PullClient, PullReader};
+use crate::source::{ingest_source, Both, SourceCheckpoints};
 use crate::spec::{JobSpec, SinkSpec, SourceSpec, StartAt};
 
 /// How a job runs.
@@ -191,6 +192,11 @@ pub fn run_job(
     let worker_coordinator = coordinator.clone();
     let local_workers = options.workers.max(1);
     let worker_dispatcher = dispatcher.clone();
+    // One HTTP runtime for the pull agents of every worker of the process.
+    let pull_client = match &spec.pull {
+        Some(p) => Some(PullClient::new(p.config()).map_err(|e| JobError::Source(format!("pull: {e}")))?),
+        None => None,
+    };
     let guards = timely::execute(config, move |worker| -> Result<(), String> {
         run_worker(
             worker,
@@ -200,7 +206,12 @@ pub fn run_job(
             worker_coordinator.clone(),
             local_workers,
             restored_agents.clone(),
-            (alarms.clone(), rules.clone(), worker_dispatcher.clone()),
+            WorkerExtras {
+                alarm_setup: alarms.clone(),
+                rules: rules.clone(),
+                dispatcher: worker_dispatcher.clone(),
+                pull_client: pull_client.clone(),
+            },
         )
     })
     .map_err(JobError::Worker)?;
@@ -249,6 +260,14 @@ pub fn run_job(
     Ok(report)
 }
 
+/// What every worker of a job shares for its alarms and its pull agents.
+struct WorkerExtras {
+    alarm_setup: AlarmSetup,
+    rules: Option<LiveRules>,
+    dispatcher: Option<Arc<Dispatcher>>,
+    pull_client: Option<Arc<PullClient>>,
+}
+
 /// What the workers need to evaluate alarm rules.
 #[derive(Clone)]
 struct AlarmSetup {
@@ -267,8 +286,9 @@ fn run_worker(
     coordinator: Option<Arc<Coordinator>>,
     local_workers: usize,
     restored_agents: Arc<Vec<operators::model::AgentRow>>,
-    (alarm_setup, rules, dispatcher): (AlarmSetup, Option<LiveRules>, Option<Arc<Dispatcher>>),
+    extras: WorkerExtras,
 ) -> Result<(), String> {
+    let WorkerExtras { alarm_setup, rules, dispatcher, pull_client } = extras;
     let index = worker.index();
     let peers = worker.peers();
     // The limit is the job's; each worker holds an even share of the series.
@@ -340,6 +360,12 @@ fn run_worker(
             kafka_reader = Some(reader);
         }
     }
+    let pull_reader = match (pull_client, &spec.registry.file) {
+        (Some(client), Some(registry)) => {
+            Some(PullReader::new(client, registry, index, peers, control.clone()).map_err(|e| format!("pull: {e}"))?)
+        }
+        _ => None,
+    };
 
     let groups = spec.groups_config();
     let registry_inputs = match (&groups, index) {
@@ -380,9 +406,16 @@ fn run_worker(
         local_index: index % local_workers,
     });
     worker.dataflow::<Time, _, _>(move |scope| {
-        let (observations, side) = match (file_reader, kafka_reader) {
-            (Some(r), _) => ingest_source(scope, "FileSource", r, ingest, watermarks, metrics.clone(), None),
-            (_, Some(r)) => ingest_source(scope, "KafkaSource", r, ingest, watermarks, metrics.clone(), checkpoints),
+        let m = metrics.clone();
+        let (observations, side) = match (file_reader, kafka_reader, pull_reader) {
+            (Some(r), _, None) => ingest_source(scope, "FileSource", r, ingest, watermarks, m, None),
+            (Some(first), _, Some(second)) => {
+                ingest_source(scope, "FileSource", Both { first, second }, ingest, watermarks, m, None)
+            }
+            (_, Some(r), None) => ingest_source(scope, "KafkaSource", r, ingest, watermarks, m, checkpoints),
+            (_, Some(first), Some(second)) => {
+                ingest_source(scope, "KafkaSource", Both { first, second }, ingest, watermarks, m, checkpoints)
+            }
             _ => unreachable!("one source is always built"),
         };
         let window_metrics = metrics.clone();

@@ -47,6 +47,65 @@ pub struct JobSpec {
     /// `[[handler]]`: where alarm events are delivered.
     #[serde(default, rename = "handler")]
     pub handlers: Vec<HandlerSpec>,
+    /// `[pull]`: also poll the registry's pull agents over HTTP, into the same windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullSpec>,
+}
+
+/// `[pull]`: the registry file's records with `mechanism = "pull"`, `state = "enable"` and a
+/// `pull_url` are polled for each measurement every `interval`, spread over the workers by key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PullSpec {
+    #[serde(default = "default_pull_measurements")]
+    pub measurements: Vec<String>,
+    #[serde(default = "default_pull_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// One call.
+    #[serde(default = "default_pull_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Calls in flight in the process.
+    #[serde(default = "default_pull_concurrency")]
+    pub concurrency: usize,
+    /// Consecutive failed polls after which an agent is unhealthy (and only probed at
+    /// `healthcheck_interval` until it answers).
+    #[serde(default = "default_pull_failures")]
+    pub failures_unhealthy: u32,
+    #[serde(default = "default_pull_healthcheck", with = "humantime_serde")]
+    pub healthcheck_interval: Duration,
+}
+
+fn default_pull_measurements() -> Vec<String> {
+    crate::source::pull::PullConfig::default().measurements
+}
+fn default_pull_interval() -> Duration {
+    crate::source::pull::PullConfig::default().interval
+}
+fn default_pull_timeout() -> Duration {
+    crate::source::pull::PullConfig::default().timeout
+}
+fn default_pull_concurrency() -> usize {
+    crate::source::pull::PullConfig::default().concurrency
+}
+fn default_pull_failures() -> u32 {
+    crate::source::pull::PullConfig::default().failures_unhealthy
+}
+fn default_pull_healthcheck() -> Duration {
+    crate::source::pull::PullConfig::default().healthcheck_interval
+}
+
+impl PullSpec {
+    /// The pull source's settings.
+    pub fn config(&self) -> crate::source::pull::PullConfig {
+        crate::source::pull::PullConfig {
+            measurements: self.measurements.clone(),
+            interval: self.interval,
+            timeout: self.timeout,
+            concurrency: self.concurrency,
+            failures_unhealthy: self.failures_unhealthy,
+            healthcheck_interval: self.healthcheck_interval,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -831,6 +890,7 @@ impl JobSpec {
         self.validate_counters()?;
         self.validate_groups()?;
         self.validate_registry()?;
+        self.validate_pull()?;
         validate_handlers(&self.handlers)?;
         validate_alarms(&self.alarms, &self.handlers, &self.groups)
     }
@@ -883,6 +943,22 @@ impl JobSpec {
             }
         }
         Ok(())
+    }
+
+    fn validate_pull(&self) -> Result<(), SpecError> {
+        let Some(pull) = &self.pull else { return Ok(()) };
+        if self.registry.file.is_none() {
+            return Err(SpecError::new(
+                "pull",
+                "needs registry.file: the agents polled are its records with mechanism = \"pull\" and a pull_url",
+            ));
+        }
+        match pull.config().validate() {
+            Err(crate::source::pull::PullError::Config { field, message }) => {
+                Err(SpecError::new(format!("pull.{field}"), message))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate_registry(&self) -> Result<(), SpecError> {

@@ -104,6 +104,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         counters: Default::default(),
         alarms: vec![demo_alarm()],
         handlers: Vec::new(),
+        pull: None,
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: args.lake.clone(), flush_interval: Duration::from_secs(5) })],
     };
     let control = Arc::new(JobControl::new());

@@ -43,6 +43,7 @@ fn kafka_to_lake_counts_every_message_once() {
         counters: Default::default(),
         alarms: Vec::new(),
         handlers: Vec::new(),
+        pull: None,
         sinks: vec![SinkSpec::Parquet(ParquetSink { path: lake.clone(), flush_interval: Duration::from_secs(10) })],
     };
     let metrics = Arc::new(JobMetrics::new(2));

@@ -463,3 +463,107 @@ fn on_demand_calls_a_pull_agent_now_through_the_server_and_the_cli() {
     assert_eq!(status, 409, "{answer}");
     assert!(answer["error"].as_str().is_some_and(|e| e.contains("pull_url")), "{answer}");
 }
+
+#[test]
+fn pulled_agents_land_in_the_windows_with_the_values_served_and_failures_in_agent_health() {
+    use pipelines::{run_job, JobControl, JobMetrics, JobSpec, RunOptions};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("served.jsonl");
+    // Agents ticking every second, served over HTTP, every value served logged.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let registry = dir.path().join("pull-agents.json");
+    let mut agents = PullAgents {
+        child: Command::new(bin())
+            .args(["loadgen", "--mode", "pull", "--agents", "6", "--duration", "0s", "--interval", "1s"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--registry-out", registry.to_str().unwrap()])
+            .args(["--log", log.to_str().unwrap(), "--status-every", "1h"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        registry: Vec::new(),
+        port,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !registry.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the pull agents did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agents.registry =
+        serde_json::from_slice::<Value>(&std::fs::read(&registry).unwrap()).unwrap().as_array().unwrap().clone();
+
+    // A job whose Kafka topic stays empty: everything comes from the pull agents.
+    let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+    cluster.create_topic("metrics", 1, 1).unwrap();
+    let lake = dir.path().join("lake");
+    let spec = JobSpec::parse(&format!(
+        "[source]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"metrics\"]\nstart = \"earliest\"\nidle_timeout = \"1s\"\n\
+         [window]\nsize = \"2s\"\nlateness = \"1s\"\n\n[registry]\nfile = {:?}\nunhealthy_after = 1000\n\n\
+         [pull]\nmeasurements = [\"cpu\", \"mem\"]\ninterval = \"1s\"\ntimeout = \"500ms\"\nfailures_unhealthy = 2\nhealthcheck_interval = \"1s\"\n\n\
+         [[sink]]\nkind = \"parquet\"\npath = {:?}\nflush_interval = \"500ms\"\n",
+        cluster.bootstrap_servers(),
+        registry.display().to_string(),
+        lake.display().to_string()
+    ))
+    .unwrap();
+    let control = Arc::new(JobControl::new());
+    let metrics = Arc::new(JobMetrics::new(2));
+    let job = {
+        let (control, metrics) = (control.clone(), metrics.clone());
+        std::thread::spawn(move || run_job(&spec, &RunOptions::default(), control, metrics))
+    };
+    // One agent fails for a while, then answers again.
+    let failing = agents.registry[0]["vm_id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    agents.set(&failing, "fail");
+    std::thread::sleep(Duration::from_secs(6));
+    agents.set(&failing, "ok");
+    std::thread::sleep(Duration::from_secs(5));
+    control.drain();
+    job.join().unwrap().expect("the job runs");
+    drop(agents);
+
+    // Every (VM, window) the job wrote holds exactly the values the agents served in it.
+    let mut served: std::collections::BTreeMap<(String, i64), Vec<f64>> = Default::default();
+    for line in std::fs::read_to_string(&log).unwrap().lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if v["measurement"] == "cpu" {
+            let window = v["timestamp"].as_i64().unwrap() / 2 * 2;
+            served
+                .entry((v["vm_id"].as_str().unwrap().into(), window))
+                .or_default()
+                .push(v["fields"]["usage_idle"].as_f64().unwrap());
+        }
+    }
+    let rows = sql_rows(
+        &lake,
+        "SELECT vm_id, CAST(to_unixtime(window_start) AS BIGINT) AS ws, count, mean FROM aggregates \
+         WHERE measurement = 'cpu' AND field = 'usage_idle' ORDER BY vm_id, ws",
+    );
+    let vms: std::collections::BTreeSet<_> = rows.iter().map(|r| r["vm_id"].clone()).collect();
+    assert_eq!(vms.len(), 6, "every pulled agent has windows: {vms:?}");
+    let last = rows.iter().map(|r| r["ws"].parse::<i64>().unwrap()).max().unwrap();
+    let mut compared = 0;
+    for r in &rows {
+        let ws: i64 = r["ws"].parse().unwrap();
+        if ws >= last - 2 {
+            continue; // the windows the drain cut through
+        }
+        let values = &served[&(r["vm_id"].clone(), ws)];
+        assert_eq!(r["count"], values.len().to_string(), "{r:?} vs {values:?}");
+        let mean = values.iter().sum::<f64>() / values.len() as f64;
+        assert!(crate::common::rel(r["mean"].parse().unwrap(), mean) < 1e-9, "{r:?} vs {values:?}");
+        compared += 1;
+    }
+    assert!(compared >= 6 * 3, "{compared} windows compared");
+
+    // The failing agent turned unhealthy, and healthy again, in agent_health.
+    let health = sql_rows(
+        &lake,
+        &format!("SELECT \"from\" AS f, \"to\" AS t, reason FROM agent_health WHERE vm_id = '{failing}' AND reason LIKE 'pull:%' ORDER BY time"),
+    );
+    let moves: Vec<_> = health.iter().map(|r| (r["f"].as_str(), r["t"].as_str())).collect();
+    assert_eq!(moves, vec![("healthy", "unhealthy"), ("unhealthy", "healthy")], "{health:?}");
+    assert!(health[0]["reason"].contains("failed polls"), "{health:?}");
+}

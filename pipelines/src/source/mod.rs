@@ -66,6 +66,47 @@ pub trait Reader {
 
     /// Records a checkpoint's offsets where the source keeps them (a consumer group).
     fn commit(&mut self, _partitions: &[PartitionCheckpoint]) {}
+
+    /// Changes of agents' health the source judged itself (pull agents that stop answering).
+    fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
+        Vec::new()
+    }
+}
+
+/// Two sources read by one worker into the same windows and watermarks (Kafka or a file, and
+/// the pull agents). Done when both are.
+pub struct Both<A, B> {
+    pub first: A,
+    pub second: B,
+}
+
+impl<A: Reader, B: Reader> Reader for Both<A, B> {
+    fn read(&mut self, ingest: &mut Ingest, watermarks: &mut Watermarks, budget: usize, now: Instant) -> ReadStatus {
+        let a = self.first.read(ingest, watermarks, budget, now);
+        let b = self.second.read(ingest, watermarks, budget, now);
+        match (a, b) {
+            (ReadStatus::Done, ReadStatus::Done) => ReadStatus::Done,
+            (ReadStatus::Busy, _) | (_, ReadStatus::Busy) => ReadStatus::Busy,
+            _ => ReadStatus::Idle,
+        }
+    }
+
+    fn positions(&self) -> Vec<PartitionPosition> {
+        let mut all = self.first.positions();
+        all.extend(self.second.positions());
+        all
+    }
+
+    fn commit(&mut self, partitions: &[PartitionCheckpoint]) {
+        self.first.commit(partitions);
+        self.second.commit(partitions);
+    }
+
+    fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
+        let mut all = self.first.take_health();
+        all.extend(self.second.take_health());
+        all
+    }
 }
 
 /// What the source operator needs to take part in checkpoints.
@@ -222,7 +263,8 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
                     obs.session(&cap).give(ObservationBatch { window_end: end, observations });
                 }
             }
-            if !out.late.is_empty() || !out.rejects.is_empty() {
+            let health = reader.take_health();
+            if !out.late.is_empty() || !out.rejects.is_empty() || !health.is_empty() {
                 let mut side = side_out.activate();
                 let mut session = side.session(side_cap);
                 if !out.late.is_empty() {
@@ -230,6 +272,9 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
                 }
                 if !out.rejects.is_empty() {
                     session.give(SinkItem::Rejects(out.rejects));
+                }
+                if !health.is_empty() {
+                    session.give(SinkItem::Health(health));
                 }
             }
             let mut wm = watermarks.advance(now);

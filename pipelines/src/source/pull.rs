@@ -382,6 +382,29 @@ impl Drop for PullReader {
 }
 
 impl Reader for PullReader {
+    /// `agent_health` rows of the agents whose polls failed or recovered, named by their key.
+    fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
+        self.take_health_changes()
+            .into_iter()
+            .map(|c| {
+                let mut parts = c.key.splitn(4, '/').map(String::from);
+                let mut part = || parts.next().unwrap_or_default();
+                let (ns_id, mcis_id, vm_id, csp_type) = (part(), part(), part(), part());
+                let (from, to) = if c.healthy { ("unhealthy", "healthy") } else { ("healthy", "unhealthy") };
+                operators::model::HealthRow {
+                    time: c.time_ns,
+                    ns_id,
+                    mcis_id,
+                    vm_id,
+                    csp_type,
+                    from: from.into(),
+                    to: to.into(),
+                    reason: format!("pull: {}", c.reason),
+                }
+            })
+            .collect()
+    }
+
     fn read(&mut self, ingest: &mut Ingest, watermarks: &mut Watermarks, budget: usize, now: Instant) -> ReadStatus {
         let slot = *self.slot.get_or_insert_with(|| watermarks.add_partition(now));
         if self.done || self.control.stopping() {
