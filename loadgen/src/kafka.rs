@@ -10,7 +10,7 @@ use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -310,10 +310,7 @@ fn block_on<F: Future>(fut: F, timeout: Duration) -> Option<F::Output> {
     }
 }
 
-/// Now, ns since the Unix epoch.
-pub(crate) fn wall_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
+pub(crate) use operators::time::wall_ns;
 
 #[cfg(test)]
 mod tests {

@@ -34,6 +34,11 @@ impl WindowSpec {
     }
 }
 
+/// The wall clock, ns since the Unix epoch (0 before it).
+pub fn wall_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
 #[derive(Clone, Debug)]
 struct Partition {
     max_ts: Option<i64>,

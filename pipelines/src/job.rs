@@ -16,6 +16,9 @@ use operators::window::{Time, WindowAggregate};
 use sinks::influx::{InfluxConfig, InfluxWriter};
 use sinks::lake::{LakeConfig, LakeWriter};
 use sinks::notify::Dispatcher;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Concat, Inspect, Probe};
@@ -466,7 +469,18 @@ fn run_worker(
                     alarm_metrics.alarm_events.fetch_add(1, Ordering::Relaxed);
                     crate::alarms::dispatch(&dispatcher, e);
                 });
-            items = items.concat(events.map(|e| SinkItem::Alarms(vec![e])));
+            // A window's events of this worker reach the sinks as one item.
+            let alarm_items =
+                events.unary::<CapacityContainerBuilder<Vec<SinkItem>>, _, _, _>(Pipeline, "AlarmItems", |_, _| {
+                    move |input, output| {
+                        input.for_each(|cap, events| {
+                            if let Some(cap) = cap.retain_least(0) {
+                                output.session(&cap).give(SinkItem::Alarms(std::mem::take(events)));
+                            }
+                        })
+                    }
+                });
+            items = items.concat(alarm_items);
         }
         lake_sink(items, writers, flush_interval, sink_metrics, sink_outcome, barriers).probe_with(&probe);
     });

@@ -1067,15 +1067,8 @@ impl JobSpec {
 /// Validates alarm rules and handlers kept outside a job spec (the job server's), as
 /// [`JobSpec::validate`] validates a spec's `[[alarm]]`s and `[[handler]]`s: the same checks, and
 /// errors naming the same fields (`alarm[0].crit`, `handler[1].url`, …) by position in `rules`
-/// and `handlers`. Rules on group metrics are checked against `groups`; `registry` is where a
-/// rule without `nodata_after` takes its default (any value is valid for it).
-pub fn validate_alarm_set(
-    rules: &[AlarmSpec],
-    handlers: &[HandlerSpec],
-    groups: &GroupsSpec,
-    registry: &RegistrySpec,
-) -> Result<(), SpecError> {
-    let _ = registry;
+/// and `handlers`. Rules on group metrics are checked against `groups`.
+pub fn validate_alarm_set(rules: &[AlarmSpec], handlers: &[HandlerSpec], groups: &GroupsSpec) -> Result<(), SpecError> {
     validate_handlers(handlers)?;
     validate_alarms(rules, handlers, groups)
 }

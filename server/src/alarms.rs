@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use pipelines::alarms::LiveAlarms;
-use pipelines::spec::{validate_alarm_set, AlarmSpec, GroupsSpec, HandlerKind, HandlerSpec, RegistrySpec};
+use pipelines::spec::{validate_alarm_set, AlarmSpec, GroupsSpec, HandlerKind, HandlerSpec};
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 use sinks::notify::Origin;
@@ -49,7 +49,7 @@ impl AlarmSet {
     }
 
     fn validate(&self) -> Result<(), pipelines::SpecError> {
-        validate_alarm_set(&self.rules, &self.handler_specs(), &GroupsSpec::default(), &RegistrySpec::default())
+        validate_alarm_set(&self.rules, &self.handler_specs(), &GroupsSpec::default())
     }
 }
 

@@ -25,6 +25,7 @@ use pipelines::spec::SourceSpec;
 use pipelines::{run_job, JobControl, JobMetrics, JobSpec, RunOptions, SpecError};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use sinks::notify::{url_secrets, user_info};
 use tokio::sync::watch;
 
 use crate::api::{content_type, ApiError, ApiResult, Body, PathParam};
@@ -536,15 +537,15 @@ pub fn secrets(spec: &JobSpec) -> Vec<String> {
     for sink in &spec.sinks {
         if let pipelines::spec::SinkSpec::InfluxDb(i) = sink {
             found.extend(i.password.clone());
-            found.extend(user_info(&i.url));
+            found.extend(user_info(&i.url).into_iter().map(String::from));
         }
     }
     for h in &spec.handlers {
         match &h.kind {
-            pipelines::spec::HandlerKind::Slack(s) => found.extend(url_secrets(&s.url)),
+            pipelines::spec::HandlerKind::Slack(s) => found.extend(url_secrets(&s.url).into_iter().map(String::from)),
             pipelines::spec::HandlerKind::Smtp(m) => found.extend(m.password.clone()),
             pipelines::spec::HandlerKind::Webhook(w) => {
-                found.extend(url_secrets(&w.url));
+                found.extend(url_secrets(&w.url).into_iter().map(String::from));
                 found.extend(w.headers.values().cloned());
             }
         }
@@ -557,32 +558,6 @@ pub fn secrets(spec: &JobSpec) -> Vec<String> {
     found.sort_by_key(|s| std::cmp::Reverse(s.len()));
     found.dedup();
     found
-}
-
-/// A URL and what follows its host (path, query), which may carry a token.
-fn url_secrets(url: &str) -> Vec<String> {
-    let mut found = vec![url.to_string()];
-    found.extend(user_info(url));
-    if let Some((_, rest)) = url.split_once("://") {
-        if let Some(i) = rest.find(['/', '?', '#']) {
-            found.push(rest[i..].to_string());
-        }
-    }
-    found
-}
-
-/// The user info of a URL (`user:pass`), and its password.
-fn user_info(url: &str) -> Vec<String> {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    match authority.rsplit_once('@') {
-        Some((info, _)) => {
-            let mut found = vec![info.to_string()];
-            found.extend(info.split_once(':').map(|(_, p)| p.to_string()));
-            found
-        }
-        None => Vec::new(),
-    }
 }
 
 fn secret_option(name: &str) -> bool {

@@ -108,3 +108,18 @@ impl SinkError {
         SinkError::Query { source: Box::new(source) }
     }
 }
+
+/// An error and its causes, `outer: inner: root`, each cause said once (libraries often repeat
+/// their source in their own message; hyper's "client error (Connect)" alone does not say why).
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -670,9 +670,7 @@ impl Ctx {
     }
 }
 
-fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
+use operators::time::wall_ns as now_ns;
 
 /// InfluxQL identifier in double quotes.
 fn quote_ident(s: &str) -> String {

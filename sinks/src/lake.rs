@@ -977,10 +977,7 @@ impl AlarmEncoder {
     }
 }
 
-/// The wall clock in ns since the Unix epoch (saturating after the year 2262).
-fn now_ns() -> i64 {
-    Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
-}
+use operators::time::wall_ns as now_ns;
 
 // ---------------------------------------------------------------------------------------------
 // Delivery outcomes, written outside the dataflow.

@@ -208,10 +208,7 @@ const BUDGET: usize = 4096;
 /// How soon an idle source polls again.
 const IDLE_POLL: Duration = Duration::from_millis(5);
 
-/// Wall-clock time, ns since the epoch.
-pub fn wall_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
-}
+pub use operators::time::wall_ns;
 
 /// The source operator: observations (at their window's end) and sink items (late, rejects).
 pub fn ingest_source<'scope, R: Reader + 'static>(

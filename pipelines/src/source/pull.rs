@@ -40,6 +40,8 @@ use operators::time::Watermarks;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
+use sinks::error::chain;
+
 use super::{wall_ns, PartitionPosition, ReadStatus, Reader};
 use crate::control::JobControl;
 
@@ -881,18 +883,6 @@ impl std::fmt::Display for CallError {
             CallError::Failed(e) => f.write_str(e),
         }
     }
-}
-
-/// An error and its causes, `outer: inner: …`.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// `GET {uri}/…: HTTP 500 Internal Server Error: {the start of the body}`.

@@ -25,6 +25,29 @@ impl std::fmt::Debug for Redacted {
 /// Debug output is quoted, Display is not.
 pub struct Origin<'a>(pub &'a str);
 
+/// What of a URL may carry a credential: the URL itself, what follows its host (path, query,
+/// fragment: a webhook's token), and its user info with its password.
+pub fn url_secrets(url: &str) -> Vec<&str> {
+    let mut parts = vec![url];
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if end < rest.len() {
+        parts.push(&rest[end..]);
+    }
+    parts.extend(user_info(url));
+    parts
+}
+
+/// The user info of a URL (`user:pass`) and its password, if it has any.
+pub fn user_info(url: &str) -> Vec<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    match authority.rsplit_once('@') {
+        Some((info, _)) => std::iter::once(info).chain(info.split_once(':').map(|(_, pass)| pass)).collect(),
+        None => Vec::new(),
+    }
+}
+
 impl std::fmt::Display for Origin<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (scheme, rest) = self.0.split_once("://").unwrap_or(("", self.0));
@@ -198,28 +221,31 @@ struct RawHandler {
 impl TryFrom<RawHandler> for HandlerSpec {
     type Error = String;
     fn try_from(r: RawHandler) -> Result<Self, String> {
+        // Every kind-specific field once; each kind refuses those it does not take.
+        let given = [
+            ("url", r.url.is_some()),
+            ("channel", r.channel.is_some()),
+            ("username", r.username.is_some()),
+            ("host", r.host.is_some()),
+            ("port", r.port.is_some()),
+            ("from", r.from.is_some()),
+            ("to", r.to.is_some()),
+            ("password", r.password.is_some()),
+            ("tls", r.tls.is_some()),
+            ("headers", r.headers.is_some()),
+        ];
+        let takes = |kind: &str, fields: &[&str]| {
+            let foreign: Vec<_> = given.iter().filter(|(f, _)| !fields.contains(f)).copied().collect();
+            not_for(kind, &foreign)
+        };
         let kind = match r.kind {
             HandlerType::Slack => {
-                not_for(
-                    "slack",
-                    &[
-                        ("host", r.host.is_some()),
-                        ("port", r.port.is_some()),
-                        ("from", r.from.is_some()),
-                        ("to", r.to.is_some()),
-                        ("password", r.password.is_some()),
-                        ("tls", r.tls.is_some()),
-                        ("headers", r.headers.is_some()),
-                    ],
-                )?;
+                takes("slack", &["url", "channel", "username"])?;
                 let url = r.url.ok_or_else(|| at("url", "missing: expected \"https://hooks.slack.com/services/…\""))?;
                 HandlerKind::Slack(SlackHandler { url, channel: r.channel, username: r.username })
             }
             HandlerType::Smtp => {
-                not_for(
-                    "smtp",
-                    &[("url", r.url.is_some()), ("channel", r.channel.is_some()), ("headers", r.headers.is_some())],
-                )?;
+                takes("smtp", &["host", "port", "from", "to", "username", "password", "tls"])?;
                 let tls = r.tls.unwrap_or_default();
                 HandlerKind::Smtp(SmtpHandler {
                     host: r.host.ok_or_else(|| at("host", "missing: expected the SMTP server's host name"))?,
@@ -232,19 +258,7 @@ impl TryFrom<RawHandler> for HandlerSpec {
                 })
             }
             HandlerType::Webhook => {
-                not_for(
-                    "webhook",
-                    &[
-                        ("channel", r.channel.is_some()),
-                        ("username", r.username.is_some()),
-                        ("host", r.host.is_some()),
-                        ("port", r.port.is_some()),
-                        ("from", r.from.is_some()),
-                        ("to", r.to.is_some()),
-                        ("password", r.password.is_some()),
-                        ("tls", r.tls.is_some()),
-                    ],
-                )?;
+                takes("webhook", &["url", "headers"])?;
                 let url = r.url.ok_or_else(|| at("url", "missing: expected \"http(s)://host/path\""))?;
                 HandlerKind::Webhook(WebhookHandler { url, headers: r.headers.unwrap_or_default() })
             }

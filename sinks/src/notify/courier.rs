@@ -5,7 +5,6 @@
 //! a password that a server or a library echoed back is replaced by `<redacted>`.
 
 use std::collections::BTreeMap;
-use std::error::Error as StdError;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -23,9 +22,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use operators::model::AlarmEvent;
 use tokio::sync::Semaphore;
 
-use super::config::{HandlerKind, HandlerSpec, Origin, SmtpHandler, SmtpTls};
+use super::config::{url_secrets, HandlerKind, HandlerSpec, Origin, SmtpHandler, SmtpTls};
 use super::payload;
 use super::DeliveryPolicy;
+use crate::error::chain;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -224,20 +224,6 @@ async fn mail(handler: &SmtpHandler, timeout: Duration, event: &AlarmEvent) -> R
     }
 }
 
-/// An error and its causes, `outer: inner: root`, each said once.
-fn chain(error: &dyn StdError) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let said = cause.to_string();
-        if !text.contains(&said) {
-            text = format!("{text}: {said}");
-        }
-        source = cause.source();
-    }
-    text
-}
-
 /// The start of a refusal's body, on one line.
 fn quote(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -253,9 +239,9 @@ fn quote(body: &[u8]) -> String {
 fn scrub(message: &str, handler: &HandlerSpec) -> String {
     let mut secrets: Vec<&str> = Vec::new();
     match &handler.kind {
-        HandlerKind::Slack(s) => secrets.extend(url_parts(&s.url)),
+        HandlerKind::Slack(s) => secrets.extend(url_secrets(&s.url)),
         HandlerKind::Webhook(w) => {
-            secrets.extend(url_parts(&w.url));
+            secrets.extend(url_secrets(&w.url));
             secrets.extend(w.headers.values().map(String::as_str));
         }
         HandlerKind::Smtp(m) => secrets.extend(m.password.as_deref()),
@@ -268,18 +254,4 @@ fn scrub(message: &str, handler: &HandlerSpec) -> String {
         text = text.replace(secret, "<redacted>");
     }
     text
-}
-
-/// What of a URL may carry a token: the whole URL, user info, and what follows the host.
-fn url_parts(url: &str) -> Vec<&str> {
-    let mut parts = vec![url];
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    if end < rest.len() {
-        parts.push(&rest[end..]);
-    }
-    if let Some((userinfo, _)) = rest[..end].rsplit_once('@') {
-        parts.push(userinfo);
-    }
-    parts
 }

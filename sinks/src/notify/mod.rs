@@ -102,7 +102,9 @@ use std::time::Duration;
 
 use operators::model::AlarmEvent;
 
-pub use config::{HandlerKind, HandlerSpec, Origin, SlackHandler, SmtpHandler, SmtpTls, WebhookHandler};
+pub use config::{
+    url_secrets, user_info, HandlerKind, HandlerSpec, Origin, SlackHandler, SmtpHandler, SmtpTls, WebhookHandler,
+};
 pub use dispatcher::{Dispatcher, QUEUE_FULL, STOPPED, UNKNOWN_HANDLER};
 pub use payload::{format_time, format_value};
 

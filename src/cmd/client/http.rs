@@ -76,7 +76,7 @@ impl ServerClient {
         };
         match self.runtime.block_on(async { tokio::time::timeout(self.timeout, exchange).await }) {
             Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(anyhow!(unreachable(&self.base, &causes(e.as_ref())))),
+            Ok(Err(e)) => Err(anyhow!(unreachable(&self.base, &sinks::error::chain(e.as_ref())))),
             Err(_) => Err(anyhow!(
                 "no answer from the Dragonflow server at {} to {method} {path} within {}",
                 self.base,
@@ -111,21 +111,6 @@ impl ServerClient {
 /// Parses an answer that should be JSON.
 pub fn json(bytes: &[u8]) -> anyhow::Result<Json> {
     Json::parse(bytes).map_err(|e| anyhow!("the server's answer is not JSON ({e}): {}", excerpt(bytes)))
-}
-
-/// The error chain of a failed exchange, innermost causes last: hyper's "client error (Connect)"
-/// alone does not say that the connection was refused.
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.contains(&text) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 fn unreachable(base: &str, cause: &str) -> String {
