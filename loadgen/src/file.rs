@@ -137,7 +137,15 @@ mod tests {
         for format in [Format::Json, Format::Influx] {
             for name in ["metrics.txt", "metrics.txt.gz"] {
                 let path = dir.path().join(name);
-                let cfg = FleetConfig { agents: 12, seed: 5, format, skew_ns: 1_000_000_000, reorder: 0.1, churn: 0.0 };
+                let cfg = FleetConfig {
+                    agents: 12,
+                    seed: 5,
+                    format,
+                    skew_ns: 1_000_000_000,
+                    reorder: 0.1,
+                    churn: 0.0,
+                    first_vm: 0,
+                };
                 let mut calls = 0;
                 let stats =
                     write_file(cfg.clone(), &path, 1_700_000_000_000_000_000, Duration::from_secs(2), 10, |_| {

@@ -55,12 +55,17 @@ pub struct FleetConfig {
     /// first tick), 0.0–1.0: `round(churn × agents)` agents are retired and as many new VMs
     /// take their places. 0.0 = the same agents throughout.
     pub churn: f64,
+    /// Number of the first VM: the agents are `vm-{first_vm}`, `vm-{first_vm + 1}`, … and the
+    /// namespaces and MCIS are those of any fleet of the same size and seed, so two generators
+    /// with the same seed and size, one numbered after the other, make one fleet (for instance
+    /// one half pushing to Kafka and the other half pulled).
+    pub first_vm: usize,
 }
 
 impl Default for FleetConfig {
     /// 100 agents, seed 1, Telegraf JSON, no skew, no reordering, no churn.
     fn default() -> Self {
-        FleetConfig { agents: 100, seed: 1, format: Format::Json, skew_ns: 0, reorder: 0.0, churn: 0.0 }
+        FleetConfig { agents: 100, seed: 1, format: Format::Json, skew_ns: 0, reorder: 0.0, churn: 0.0, first_vm: 0 }
     }
 }
 
@@ -122,7 +127,7 @@ pub struct Fleet {
     churn_rng: ChaCha8Rng,
     /// MCIS per namespace, for new agents.
     mcis_per_ns: Vec<usize>,
-    /// Agents created so far: the next new VM is `vm-{created}`.
+    /// Agents created so far: the next new VM is `vm-{first_vm + created}`.
     created: usize,
     /// Event time of the first tick, and the minutes after it whose churn has been applied.
     first_ts: Option<i64>,
@@ -169,7 +174,7 @@ fn weighted<T: Copy>(rng: &mut ChaCha8Rng, choices: &[(T, u32)]) -> T {
 /// The agents of a fleet of `n`: `max(1, n/100)` namespaces (at least 2 from 10 agents on) of
 /// 2–5 MCIS each, every CSP present once there are 8 agents, about 80 % Linux. Also returns the
 /// number of MCIS of each namespace.
-fn topology(n: usize, rng: &mut ChaCha8Rng) -> (Vec<AgentInfo>, Vec<usize>) {
+fn topology(n: usize, first_vm: usize, rng: &mut ChaCha8Rng) -> (Vec<AgentInfo>, Vec<usize>) {
     let namespaces = if n >= 10 { (n / 100).max(2) } else { 1 };
     let mcis_per_ns: Vec<usize> = (0..namespaces).map(|_| rng.random_range(2..=5)).collect();
     let mut seen_in_ns = vec![0usize; namespaces];
@@ -181,7 +186,7 @@ fn topology(n: usize, rng: &mut ChaCha8Rng) -> (Vec<AgentInfo>, Vec<usize>) {
             let mcis = if seen_in_ns[ns] < m { seen_in_ns[ns] } else { rng.random_range(0..m) };
             seen_in_ns[ns] += 1;
             let csp = if i < CSPS.len() { CSPS[i].0 } else { weighted(rng, &CSPS) };
-            vm(i, ns, mcis, csp, rng)
+            vm(first_vm + i, ns, mcis, csp, rng)
         })
         .collect();
     (agents, mcis_per_ns)
@@ -213,7 +218,7 @@ impl Fleet {
         cfg.churn = share(cfg.churn);
         cfg.skew_ns = cfg.skew_ns.saturating_abs();
         let mut topo = stream(cfg.seed, STREAM_TOPOLOGY);
-        let (agents, mcis_per_ns) = topology(cfg.agents, &mut topo);
+        let (agents, mcis_per_ns) = topology(cfg.agents, cfg.first_vm, &mut topo);
         let offsets = agents
             .iter()
             .map(|_| if cfg.skew_ns > 0 { topo.random_range(-cfg.skew_ns..=cfg.skew_ns) } else { 0 })
@@ -347,7 +352,7 @@ impl Fleet {
         let ns = i % self.mcis_per_ns.len();
         let mcis = rng.random_range(0..self.mcis_per_ns[ns]);
         let csp = weighted(rng, &CSPS);
-        let a = vm(i, ns, mcis, csp, rng);
+        let a = vm(self.cfg.first_vm + i, ns, mcis, csp, rng);
         self.offsets[slot] =
             if self.cfg.skew_ns > 0 { rng.random_range(-self.cfg.skew_ns..=self.cfg.skew_ns) } else { 0 };
         self.states[slot] = AgentState::new(a.os_type == "windows", a.memory_gib, rng);
@@ -494,6 +499,20 @@ mod tests {
 
     fn cfg(agents: usize, seed: u64, format: Format) -> FleetConfig {
         FleetConfig { agents, seed, format, ..FleetConfig::default() }
+    }
+
+    #[test]
+    fn a_fleet_numbered_after_another_shares_its_namespaces_and_mcis() {
+        for (n, seed) in [(7, 1), (40, 2), (250, 3)] {
+            let first = Fleet::new(cfg(n, seed, Format::Json));
+            let second = Fleet::new(FleetConfig { first_vm: n, ..cfg(n, seed, Format::Json) });
+            for (i, (a, b)) in first.agents().iter().zip(second.agents()).enumerate() {
+                assert_eq!((a.vm_id.as_str(), b.vm_id.clone()), (format!("vm-{i}").as_str(), format!("vm-{}", n + i)));
+                assert_eq!((&a.ns_id, &a.mcis_id, &a.csp_type), (&b.ns_id, &b.mcis_id, &b.csp_type));
+            }
+            let keys: BTreeSet<String> = first.agents().iter().chain(second.agents()).map(AgentInfo::key).collect();
+            assert_eq!(keys.len(), 2 * n, "no agent twice");
+        }
     }
 
     #[test]

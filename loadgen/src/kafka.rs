@@ -364,7 +364,8 @@ mod tests {
             partitions: None,
             config: vec![("linger.ms".into(), "1".into())],
         };
-        let cfg = FleetConfig { agents: 8, seed: 2, format: Format::Json, skew_ns: 0, reorder: 0.1, churn: 0.0 };
+        let cfg =
+            FleetConfig { agents: 8, seed: 2, format: Format::Json, skew_ns: 0, reorder: 0.1, churn: 0.0, first_vm: 0 };
         let mut calls = 0;
         let stats = run_kafka(
             cfg,

@@ -302,7 +302,7 @@ fn run_worker(
     let ingest = Ingest::new(table.clone(), config);
     let idle = match &spec.source {
         SourceSpec::Kafka(k) => k.idle_timeout,
-        SourceSpec::File(_) => Duration::from_secs(30),
+        SourceSpec::File(_) | SourceSpec::Pull => Duration::from_secs(30),
     };
     let mut watermarks = Watermarks::new(window.lateness, idle);
     let resume = coordinator.as_ref().and_then(|c| c.restored().cloned()).map(Arc::new);
@@ -362,6 +362,7 @@ fn run_worker(
                 KafkaReader::new(k.clone(), index, peers, control.clone(), resume).map_err(|e| e.to_string())?;
             kafka_reader = Some(reader);
         }
+        SourceSpec::Pull => {}
     }
     let pull_reader = match (pull_client, &spec.registry.file) {
         (Some(client), Some(registry)) => {
@@ -419,7 +420,8 @@ fn run_worker(
             (_, Some(first), Some(second)) => {
                 ingest_source(scope, "KafkaSource", Both { first, second }, ingest, watermarks, m, checkpoints)
             }
-            _ => unreachable!("one source is always built"),
+            (None, None, Some(r)) => ingest_source(scope, "PullSource", r, ingest, watermarks, m, None),
+            (None, None, None) => unreachable!("a pull source always has a pull reader"),
         };
         let window_metrics = metrics.clone();
         let windows = observations

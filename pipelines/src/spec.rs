@@ -2,7 +2,7 @@
 //!
 //! Errors name the field (`window.size`, `sink[1].path`, …) and say what was expected.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use operators::aggregate::Counters;
@@ -113,6 +113,8 @@ impl PullSpec {
 pub enum SourceSpec {
     File(FileSource),
     Kafka(KafkaSource),
+    /// `kind = "pull"`: no pushed input; the job's records all come from `[pull]`.
+    Pull,
 }
 
 impl SourceSpec {
@@ -120,12 +122,14 @@ impl SourceSpec {
         match self {
             SourceSpec::File(f) => f.format,
             SourceSpec::Kafka(k) => k.format,
+            SourceSpec::Pull => Format::Json,
         }
     }
     pub fn timestamp_unit(&self) -> TimestampUnit {
         match self {
             SourceSpec::File(f) => f.timestamp_unit,
             SourceSpec::Kafka(k) => k.timestamp_unit,
+            SourceSpec::Pull => TimestampUnit::default(),
         }
     }
 }
@@ -459,6 +463,7 @@ fn default_flush() -> Duration {
 enum SourceKind {
     File,
     Kafka,
+    Pull,
 }
 
 /// Every source field in one flat struct, so that errors keep their path (`source.format`);
@@ -519,6 +524,23 @@ impl TryFrom<RawSource> for SourceSpec {
                     stop_at_end: r.stop_at_end.unwrap_or(false),
                     options: r.options.unwrap_or_default(),
                 }))
+            }
+            SourceKind::Pull => {
+                not_for(
+                    "pull",
+                    &[
+                        ("path", r.path.is_some()),
+                        ("brokers", r.brokers.is_some()),
+                        ("topics", r.topics.is_some()),
+                        ("topic_regex", r.topic_regex.is_some()),
+                        ("group", r.group.is_some()),
+                        ("start", r.start.is_some()),
+                        ("idle_timeout", r.idle_timeout.is_some()),
+                        ("stop_at_end", r.stop_at_end.is_some()),
+                        ("options", r.options.is_some()),
+                    ],
+                )?;
+                Ok(SourceSpec::Pull)
             }
         }
     }
@@ -826,6 +848,7 @@ impl JobSpec {
                     return Err(SpecError::new("source.idle_timeout", "expected a positive duration, e.g. \"30s\""));
                 }
             }
+            SourceSpec::Pull => {}
         }
         if self.sinks.is_empty() {
             return Err(SpecError::new("sink", "expected at least one [[sink]]"));
@@ -946,7 +969,15 @@ impl JobSpec {
     }
 
     fn validate_pull(&self) -> Result<(), SpecError> {
-        let Some(pull) = &self.pull else { return Ok(()) };
+        let Some(pull) = &self.pull else {
+            if matches!(self.source, SourceSpec::Pull) {
+                return Err(SpecError::new(
+                    "pull",
+                    "missing: a source of kind \"pull\" needs a [pull] section (measurements, interval, …)",
+                ));
+            }
+            return Ok(());
+        };
         if self.registry.file.is_none() {
             return Err(SpecError::new(
                 "pull",
@@ -1047,6 +1078,7 @@ impl JobSpec {
             SourceSpec::Kafka(k) => {
                 format!("kafka:{}:{}:{}", k.topics.join(","), k.topic_regex.as_deref().unwrap_or(""), k.group)
             }
+            SourceSpec::Pull => format!("pull:{}", self.registry.file.as_deref().unwrap_or(Path::new("")).display()),
         };
         format!("{:08x}", operators::model::stable_hash(&[&text]) as u32)
     }
@@ -1389,6 +1421,25 @@ path = "lake"
 
     fn refused(text: &str) -> SpecError {
         JobSpec::parse(text).expect_err("spec should be refused")
+    }
+
+    #[test]
+    fn a_pull_source_takes_no_pushed_input_and_needs_its_pull_section() {
+        let base = "[source]\nkind = \"pull\"\n\n[registry]\nfile = \"agents.json\"\n\n\
+                    [[sink]]\nkind = \"parquet\"\npath = \"lake\"\n";
+        let spec = JobSpec::parse(&format!("{base}\n[pull]\ninterval = \"5s\"\n")).unwrap();
+        assert!(matches!(spec.source, SourceSpec::Pull));
+        assert_eq!(spec.pull.as_ref().unwrap().config().interval, Duration::from_secs(5));
+        assert_eq!(spec.checkpoint_dir(), None, "pulled values cannot be read again: no checkpoints");
+        let e = refused(base);
+        assert_eq!(e.field, "pull");
+        assert!(e.message.contains("[pull]"), "{e}");
+        let e =
+            refused(&format!("{}\n[pull]\n", base.replace("kind = \"pull\"", "kind = \"pull\"\nbrokers = \"b:9092\"")));
+        assert_eq!(e.field, "source.brokers");
+        let e = refused(&format!("{}\n[pull]\n", base.replace("file = \"agents.json\"", "")));
+        assert_eq!(e.field, "pull");
+        assert!(e.message.contains("registry.file"), "{e}");
     }
 
     #[test]

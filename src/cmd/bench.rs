@@ -166,6 +166,7 @@ fn generate_input(args: &BenchArgs, path: &Path, seconds: u64, churn: f64) -> an
         start: Some(START_NS / 1_000_000_000),
         fast: true,
         report: None,
+        first_vm: 0,
         pull: None,
     };
     let t = Instant::now();

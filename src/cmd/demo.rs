@@ -145,6 +145,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         start: None,
         fast: false,
         report: None,
+        first_vm: 0,
         pull: None,
     };
     let stop = AtomicBool::new(false);

@@ -50,6 +50,7 @@ pub struct LoadgenArgs {
     pub start: Option<i64>,
     pub fast: bool,
     pub report: Option<PathBuf>,
+    pub first_vm: usize,
     /// The pull-mode flags of the command line (`None`: push, as `demo` and `bench` run it).
     pub pull: Option<PullFlags>,
 }
@@ -110,6 +111,11 @@ struct LoadgenFlags {
     /// Write what was sent (push) or served (pull) as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Number the agents from vm-N: two generators with the same --seed and --agents, one with
+    /// --first-vm N, make one fleet in the same namespaces and MCIS (say, half pushing to Kafka and
+    /// half pulled). With --churn, new VMs continue the numbers past N + agents.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    first_vm: usize,
     #[command(flatten)]
     pull: PullFlags,
 }
@@ -181,6 +187,7 @@ impl LoadgenFlags {
             start: self.start,
             fast: self.fast,
             report: self.report,
+            first_vm: self.first_vm,
             pull: Some(self.pull),
         }
     }
@@ -280,6 +287,7 @@ fn fleet_config(args: &LoadgenArgs) -> FleetConfig {
         skew_ns: args.skew.as_nanos() as i64,
         reorder: args.reorder,
         churn: args.churn,
+        first_vm: args.first_vm,
     }
 }
 

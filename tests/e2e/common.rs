@@ -88,8 +88,15 @@ pub fn publish(
     seconds: u64,
 ) -> loadgen::Stats {
     let target = loadgen::KafkaTarget { brokers: brokers.into(), topic: topic.into(), partitions, config: vec![] };
-    let cfg =
-        loadgen::FleetConfig { agents, seed, format: loadgen::Format::Json, skew_ns: 0, reorder: 0.0, churn: 0.0 };
+    let cfg = loadgen::FleetConfig {
+        agents,
+        seed,
+        format: loadgen::Format::Json,
+        skew_ns: 0,
+        reorder: 0.0,
+        churn: 0.0,
+        first_vm: 0,
+    };
     let sent = loadgen::run_kafka(
         cfg,
         &target,

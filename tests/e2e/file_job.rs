@@ -84,6 +84,7 @@ fn generate(path: &Path, agents: usize, minutes: u64) {
         // Some messages arrive one tick (2 s) late: out of order, but within the 5 s lateness.
         reorder: 0.05,
         churn: 0.0,
+        first_vm: 0,
     };
     let ticks = minutes * 30;
     loadgen::write_file(cfg, path, 1_700_000_000_000_000_000, Duration::from_secs(2), ticks, |_| {}).unwrap();
@@ -201,6 +202,7 @@ fn line_protocol_file_gzip() {
         skew_ns: 0,
         reorder: 0.0,
         churn: 0.0,
+        first_vm: 0,
     };
     let stats =
         loadgen::write_file(cfg, &input, 1_700_000_000_000_000_000, Duration::from_secs(2), 15, |_| {}).unwrap();

@@ -315,6 +315,7 @@ fn influxdb_outage_in_the_middle_of_a_run() {
                 skew_ns: 0,
                 reorder: 0.0,
                 churn: 0.0,
+                first_vm: 0,
             };
             loadgen::run_kafka(cfg, &target, 0, Duration::from_secs(1), Duration::from_secs(35), true, &stop, |_| {})
         });
