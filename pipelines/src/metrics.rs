@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::source::pull::PullStats;
 use serde::Serialize;
 
 /// One source partition as its worker last saw it.
@@ -64,6 +65,8 @@ pub struct Status {
     pub checkpoint_epoch: u64,
     pub checkpoint_frontier: Option<i64>,
     pub last_error: Option<String>,
+    /// The pull source's counts, when the job polls agents.
+    pub pull: Option<PullStats>,
 }
 
 #[derive(Debug)]
@@ -98,6 +101,8 @@ pub struct JobMetrics {
     pub last_error: Mutex<Option<String>>,
     partitions: Mutex<BTreeMap<(String, i32), PartitionStatus>>,
     sinks: Mutex<BTreeMap<(usize, usize), SinkStatus>>,
+    /// Each worker's pull reader.
+    pull: Mutex<BTreeMap<usize, PullStats>>,
     checkpoint: Mutex<(u64, Option<i64>)>,
     history: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -132,6 +137,7 @@ impl JobMetrics {
             last_error: Mutex::new(None),
             partitions: Mutex::new(BTreeMap::new()),
             sinks: Mutex::new(BTreeMap::new()),
+            pull: Mutex::new(BTreeMap::new()),
             checkpoint: Mutex::new((0, None)),
             history: Mutex::new(VecDeque::new()),
         }
@@ -161,6 +167,23 @@ impl JobMetrics {
     }
 
     /// A checkpoint was written.
+    /// A worker's pull reader's counts.
+    pub fn set_pull(&self, worker: usize, stats: PullStats) {
+        if let Ok(mut p) = self.pull.lock() {
+            p.insert(worker, stats);
+        }
+    }
+
+    /// The pull readers' counts summed (`None`: the job polls nothing).
+    pub fn pull(&self) -> Option<PullStats> {
+        let p = self.pull.lock().ok()?;
+        let mut all: Option<PullStats> = None;
+        for stats in p.values() {
+            all.get_or_insert_with(PullStats::default).add(stats);
+        }
+        all
+    }
+
     pub fn set_checkpoint(&self, epoch: u64, frontier: i64) {
         if let Ok(mut c) = self.checkpoint.lock() {
             *c = (epoch, Some(frontier));
@@ -213,6 +236,7 @@ impl JobMetrics {
             checkpoint_epoch,
             checkpoint_frontier,
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            pull: self.pull(),
         }
     }
 
@@ -325,6 +349,12 @@ pub fn status_line(s: &Status) -> String {
     }
     if s.series > 0 {
         line.push_str(&format!(" | series {}", s.series));
+    }
+    if let Some(p) = &s.pull {
+        line.push_str(&format!(
+            " | pull {} agents ({} unhealthy), polls {} ok {} failed, {} skipped",
+            p.agents, p.unhealthy_agents, p.polls_ok, p.polls_failed, p.skipped
+        ));
     }
     if s.replayed > 0 {
         line.push_str(&format!(" | replayed {}", s.replayed));

@@ -167,6 +167,31 @@ fn render(server: &Server) -> String {
     }
     families.extend([partition_lag, sink_queued, sink_error]);
 
+    // The pull source, for jobs that poll agents.
+    let mut pull_agents = Family::new("dragonflow_pull_agents", "gauge", "Pull agents polled, per health.");
+    let mut polls =
+        Family::new("dragonflow_pull_polls_total", "counter", "Metric requests to pull agents, per result.");
+    let mut skipped = Family::new(
+        "dragonflow_pull_skipped_rounds_total",
+        "counter",
+        "Polling rounds not started because the agent's previous round was still running.",
+    );
+    for (job, status) in &running {
+        let Some(p) = status.get("pull").filter(|p| !p.is_null()) else { continue };
+        let n = |field: &str| p.get(field).and_then(Value::as_f64).unwrap_or(0.0);
+        let labelled = |name: &'static str, value: &str| {
+            let mut labels = job_labels(job, None);
+            labels.push((name, value.to_string()));
+            labels
+        };
+        pull_agents.samples.push(("", labelled("health", "healthy"), n("agents") - n("unhealthy_agents")));
+        pull_agents.samples.push(("", labelled("health", "unhealthy"), n("unhealthy_agents")));
+        polls.samples.push(("", labelled("result", "ok"), n("polls_ok")));
+        polls.samples.push(("", labelled("result", "failed"), n("polls_failed")));
+        skipped.samples.push(("", job_labels(job, None), n("skipped")));
+    }
+    families.extend([pull_agents, polls, skipped]);
+
     let mut rules = Family::new("dragonflow_alarm_rules", "gauge", "Alarm rules kept by the server.");
     rules.samples.push(("", Vec::new(), server.alarms.rules().len() as f64));
     families.push(rules);

@@ -71,6 +71,11 @@ pub trait Reader {
     fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
         Vec::new()
     }
+
+    /// How polling goes (pull sources only).
+    fn pull_stats(&self) -> Option<pull::PullStats> {
+        None
+    }
 }
 
 /// Two sources read by one worker into the same windows and watermarks (Kafka or a file, and
@@ -100,6 +105,10 @@ impl<A: Reader, B: Reader> Reader for Both<A, B> {
     fn commit(&mut self, partitions: &[PartitionCheckpoint]) {
         self.first.commit(partitions);
         self.second.commit(partitions);
+    }
+
+    fn pull_stats(&self) -> Option<pull::PullStats> {
+        self.first.pull_stats().or_else(|| self.second.pull_stats())
     }
 
     fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
@@ -305,6 +314,9 @@ pub fn ingest_source<'scope, R: Reader + 'static>(
                     ingest.evict_idle(wm);
                 }
                 metrics.set_series(worker, ingest.live_series());
+                if let Some(stats) = reader.pull_stats() {
+                    metrics.set_pull(worker, stats);
+                }
                 metrics.set_partitions(reader.positions().into_iter().map(|p| PartitionStatus {
                     source: p.source.to_string(),
                     partition: p.partition,

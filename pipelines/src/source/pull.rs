@@ -141,8 +141,12 @@ pub struct PullHealthChange {
     pub reason: String,
 }
 
-/// What one reader has done so far.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Upper bounds (ms) of the round-delay histogram: from an agent's slot to the end of its round
+/// (waiting for a permit included). The last bucket, past these, counts the rest.
+pub const ROUND_DELAY_BUCKETS_MS: [u64; 12] = [5, 10, 20, 50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000, 30_000];
+
+/// What one reader (or, summed, a job's readers) has done so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PullStats {
     /// Pull agents this reader polls now (healthy or not).
     pub agents: u64,
@@ -162,6 +166,51 @@ pub struct PullStats {
     /// Registry reloads that failed (the last good version stays in use).
     pub registry_errors: u64,
     pub last_registry_error: Option<String>,
+    /// Polling rounds finished, and how long after their slot each ended: counts per bucket of
+    /// [`ROUND_DELAY_BUCKETS_MS`], then those beyond.
+    pub rounds: u64,
+    pub round_delay: Vec<u64>,
+}
+
+impl PullStats {
+    /// Adds another reader's counts (the last registry error kept is the latest given).
+    pub fn add(&mut self, other: &PullStats) {
+        self.agents += other.agents;
+        self.polls_ok += other.polls_ok;
+        self.polls_failed += other.polls_failed;
+        self.probes_ok += other.probes_ok;
+        self.probes_failed += other.probes_failed;
+        self.unhealthy_agents += other.unhealthy_agents;
+        self.skipped += other.skipped;
+        self.queued += other.queued;
+        self.registry_errors += other.registry_errors;
+        if other.last_registry_error.is_some() {
+            self.last_registry_error.clone_from(&other.last_registry_error);
+        }
+        self.rounds += other.rounds;
+        self.round_delay.resize(self.round_delay.len().max(other.round_delay.len()), 0);
+        for (mine, theirs) in self.round_delay.iter_mut().zip(&other.round_delay) {
+            *mine += theirs;
+        }
+    }
+
+    /// The bucket bound (ms) below which the share `q` (0–1) of rounds ended after their slot;
+    /// `None` without rounds, `Some(u64::MAX)` beyond the last bound.
+    pub fn round_delay_quantile_ms(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.round_delay.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.round_delay.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(ROUND_DELAY_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        Some(u64::MAX)
+    }
 }
 
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
@@ -239,6 +288,8 @@ struct Shared {
     probes_failed: AtomicU64,
     unhealthy: AtomicU64,
     skipped: AtomicU64,
+    rounds: AtomicU64,
+    round_delay: [AtomicU64; ROUND_DELAY_BUCKETS_MS.len() + 1],
     registry_errors: AtomicU64,
     last_registry_error: Mutex<Option<String>>,
     /// Wall time of the latest answer with a 2xx status (ns; 0: none yet).
@@ -247,6 +298,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// A round that was due at `slot` has ended.
+    fn round_ended(&self, slot: tokio::time::Instant) {
+        let ms = slot.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        let bucket = ROUND_DELAY_BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(ROUND_DELAY_BUCKETS_MS.len());
+        self.round_delay[bucket].fetch_add(1, Ordering::Relaxed);
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn health_change(&self, key: &str, healthy: bool, reason: String) {
         let change = PullHealthChange { key: key.to_string(), time_ns: wall_ns(), healthy, reason };
         match self.health.lock() {
@@ -372,6 +431,8 @@ impl PullReader {
             queued: self.rx.len() as u64,
             registry_errors: load(&s.registry_errors),
             last_registry_error: s.last_registry_error.lock().ok().and_then(|e| e.clone()),
+            rounds: load(&s.rounds),
+            round_delay: s.round_delay.iter().map(load).collect(),
         }
     }
 }
@@ -384,6 +445,10 @@ impl Drop for PullReader {
 }
 
 impl Reader for PullReader {
+    fn pull_stats(&self) -> Option<PullStats> {
+        Some(self.stats())
+    }
+
     /// `agent_health` rows of the agents whose polls failed or recovered, named by their key.
     fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
         self.take_health_changes()
@@ -740,6 +805,7 @@ impl Scheduler {
             }
             agent.busy = true;
             self.rounds.spawn(poll_round(
+                at,
                 self.http.clone(),
                 self.permits.clone(),
                 self.shared.clone(),
@@ -795,6 +861,7 @@ impl Scheduler {
 /// ends the round (the agent is not reachable now); other failures do not.
 #[allow(clippy::too_many_arguments)]
 async fn poll_round(
+    slot: tokio::time::Instant,
     http: HttpClient,
     permits: Arc<Semaphore>,
     shared: Arc<Shared>,
@@ -842,6 +909,7 @@ async fn poll_round(
     } else {
         result.error.get_or_insert_with(|| "no answer".into());
     }
+    shared.round_ended(slot);
     result
 }
 
@@ -1265,6 +1333,29 @@ mod tests {
         assert_eq!(requests, answers.values().sum::<usize>());
         assert_eq!((s0.polls_failed, s1.polls_failed, s0.unhealthy_agents, s1.unhealthy_agents), (0, 0, 0, 0));
         assert!(w0.health.is_empty() && w1.health.is_empty());
+
+        // Every round is in the delay histogram, and the job's sum is the readers' sum.
+        let mut all = s0.clone();
+        all.add(&s1);
+        assert_eq!(all.rounds, (requests / 6) as u64);
+        assert_eq!(all.round_delay.iter().sum::<u64>(), all.rounds);
+        assert_eq!((all.agents, all.polls_ok), (12, requests as u64));
+        assert!(all.round_delay_quantile_ms(0.5).is_some());
+    }
+
+    #[test]
+    fn pull_round_delay_quantiles_are_bucket_bounds() {
+        let mut stats = PullStats::default();
+        assert_eq!(stats.round_delay_quantile_ms(0.5), None);
+        stats.round_delay = vec![0; ROUND_DELAY_BUCKETS_MS.len() + 1];
+        stats.round_delay[0] = 90; // ≤ 5 ms
+        stats.round_delay[3] = 9; // ≤ 50 ms
+        stats.round_delay[ROUND_DELAY_BUCKETS_MS.len()] = 1; // beyond the last bound
+        assert_eq!(stats.round_delay_quantile_ms(0.5), Some(5));
+        assert_eq!(stats.round_delay_quantile_ms(0.9), Some(5));
+        assert_eq!(stats.round_delay_quantile_ms(0.95), Some(50));
+        assert_eq!(stats.round_delay_quantile_ms(0.99), Some(50));
+        assert_eq!(stats.round_delay_quantile_ms(1.0), Some(u64::MAX));
     }
 
     #[test]
