@@ -50,6 +50,20 @@ pub struct BenchArgs {
     /// measure the cost of evaluating them.
     #[arg(long, conflicts_with = "without_groups")]
     pub with_alarms: bool,
+    /// Pull collection at scale instead: serve --agents pull agents from a `dragonflow loadgen
+    /// --mode pull` process, poll them with a pull-only job for --duration, and report whether
+    /// every agent was polled at its slot each --pull-interval, with CPU and memory.
+    #[arg(long, conflicts_with_all = ["file", "churn", "minutes", "with_alarms", "without_groups"])]
+    pub pull: bool,
+    /// With --pull: how often each agent is polled.
+    #[arg(long, default_value = "10s", value_parser = super::duration, requires = "pull")]
+    pub pull_interval: Duration,
+    /// With --pull: how long to poll (the first --pull-interval is the warm-up).
+    #[arg(long = "duration", default_value = "60s", value_parser = super::duration, requires = "pull")]
+    pub seconds: Duration,
+    /// With --pull: the measurements asked of every agent, one request each.
+    #[arg(long, value_delimiter = ',', default_value = "cpu,cpufreq,mem,disk,diskio,net", requires = "pull")]
+    pub measurements: Vec<String>,
 }
 
 /// The rules `--with-alarms` adds: one per VM on a field, one per MCIS on a group metric.
@@ -88,6 +102,9 @@ const SERIES_TTL: &str = "10m";
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("dragonflow bench: this is a debug build; build with --release for meaningful figures");
+    }
+    if args.pull {
+        return super::bench_pull::run(&args);
     }
     if args.churn.is_some() || args.minutes.is_some() {
         return churn_report(&args);

@@ -3,6 +3,7 @@
 
 pub mod alarms;
 pub mod bench;
+pub mod bench_pull;
 pub mod client;
 pub mod demo;
 pub mod loadgen;
