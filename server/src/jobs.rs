@@ -195,6 +195,15 @@ pub fn status_json(metrics: &JobMetrics) -> Value {
             }
         }
     }
+    // Pull rounds: the count per bucket of delay after the slot, each with its upper bound (ms).
+    if let Some(Value::Array(counts)) = map.get_mut("pull").and_then(|p| p.get_mut("round_delay")) {
+        let bounds = pipelines::source::pull::ROUND_DELAY_BUCKETS_MS.map(|b| json!(b));
+        *counts = counts
+            .iter()
+            .enumerate()
+            .map(|(i, n)| json!({"le_ms": bounds.get(i).cloned().unwrap_or(json!("+Inf")), "count": n}))
+            .collect();
+    }
     // Wall clock from a window's end to its close: cumulative counts per upper bound (seconds).
     let (buckets, count, sum_s) = metrics.window_close_latency();
     let buckets: Vec<Value> = buckets

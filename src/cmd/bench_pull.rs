@@ -97,8 +97,7 @@ fn spec_text(args: &BenchArgs, registry: &Path, lake: &Path) -> anyhow::Result<S
     let quote = |p: &Path| -> anyhow::Result<String> {
         Ok(serde_json::to_string(p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))?)?)
     };
-    let measurements: Vec<String> =
-        args.measurements.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
+    let measurements: Vec<String> = args.measurements.iter().map(serde_json::to_string).collect::<Result<_, _>>()?;
     let interval = humantime::format_duration(args.pull_interval);
     Ok(format!(
         "name = \"bench-pull\"\n\n[source]\nkind = \"pull\"\n\n[window]\nsize = \"{interval}\"\nlateness = \"5s\"\n\n\

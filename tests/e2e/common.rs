@@ -1,8 +1,13 @@
 //! Helpers shared by the end-to-end tests.
 
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
 
 /// The `dragonflow` binary built for these tests.
 pub fn bin() -> PathBuf {
@@ -137,4 +142,57 @@ pub fn influxql(db: &str, q: &str) -> serde_json::Value {
         .expect("curl runs");
     assert!(out.status.success(), "influx query {q} failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("influx answers JSON")
+}
+
+/// A `dragonflow loadgen --mode pull` process: N agents served over HTTP, and its registry file.
+pub struct PullAgents {
+    child: Child,
+    /// The registry file's records, as written at the start.
+    pub registry: Vec<Value>,
+    pub registry_path: PathBuf,
+    pub port: u16,
+}
+
+impl PullAgents {
+    /// Serves `agents` agents with `extra` loadgen flags; the registry goes to a file in `dir`.
+    pub fn start(dir: &Path, agents: usize, extra: &[&str]) -> PullAgents {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let registry_path = dir.join(format!("pull-agents-{port}.json"));
+        let child = Command::new(bin())
+            .args(["loadgen", "--mode", "pull", "--agents", &agents.to_string(), "--duration", "0s"])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--registry-out", registry_path.to_str().unwrap()])
+            .args(["--status-every", "1h"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !registry_path.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the pull agents did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let registry: Value = serde_json::from_slice(&std::fs::read(&registry_path).unwrap()).unwrap();
+        PullAgents { child, registry: registry.as_array().unwrap().clone(), registry_path, port }
+    }
+
+    /// Switches one agent's behaviour (`ok`, `fail`, `slow`, `down`) through the listener's
+    /// control endpoint.
+    pub fn set(&self, vm_id: &str, state: &str) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let req = format!(
+            "POST /control/agents/{vm_id}?state={state} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
+
+impl Drop for PullAgents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

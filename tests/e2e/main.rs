@@ -2,8 +2,8 @@
 //!
 //! One test crate (one link of DataFusion) with a module per area. Tests here need no outside
 //! service: Kafka is librdkafka's in-process mock cluster. Tests against real services (tansu,
-//! InfluxDB, aiosmtpd) live in `services`, `crash`, `registry_topic`, `server` and `alarms`, and
-//! need what `tests/run-all.sh` starts or installs.
+//! InfluxDB, aiosmtpd) live in `services`, `crash`, `registry_topic`, `server`, `alarms` and
+//! `pull`, and need what `tests/run-all.sh` starts or installs.
 
 mod alarms;
 mod cli;
@@ -13,6 +13,7 @@ mod demo;
 mod file_job;
 mod groups;
 mod kafka_mock;
+mod pull;
 mod registry_topic;
 mod server;
 mod services;

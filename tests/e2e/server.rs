@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::common::{bin, dragonflow, kafka, publish, sql_rows, unique};
+use crate::common::{bin, dragonflow, kafka, publish, sql_rows, unique, PullAgents};
 
 /// A `dragonflow serve` process on a port of its own; stopped (SIGINT, then kill) on drop.
 struct Server {
@@ -359,58 +359,10 @@ fn without_the_token_every_route_is_refused() {
     assert!(v["error"].as_str().is_some_and(|e| e.contains('`')), "{v}");
 }
 
-/// A `dragonflow loadgen --mode pull` process: N agents served over HTTP, and its registry file.
-struct PullAgents {
-    child: Child,
-    registry: Vec<Value>,
-    port: u16,
-}
-
-impl PullAgents {
-    fn start(dir: &Path, agents: usize) -> PullAgents {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let registry = dir.join("pull-agents.json");
-        let child = Command::new(bin())
-            .args(["loadgen", "--mode", "pull", "--agents", &agents.to_string(), "--duration", "0s"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--registry-out", registry.to_str().unwrap()])
-            .args(["--status-every", "1h"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !registry.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the pull agents did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let registry: Value = serde_json::from_slice(&std::fs::read(&registry).unwrap()).unwrap();
-        PullAgents { child, registry: registry.as_array().unwrap().clone(), port }
-    }
-
-    /// Switches one agent's behaviour through the listener's control endpoint.
-    fn set(&self, vm_id: &str, state: &str) {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        let req = format!(
-            "POST /control/agents/{vm_id}?state={state} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
-}
-
-impl Drop for PullAgents {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn on_demand_calls_a_pull_agent_now_through_the_server_and_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let agents = PullAgents::start(dir.path(), 3);
+    let agents = PullAgents::start(dir.path(), 3, &[]);
     let server = Server::start(&dir.path().join("server"), &dir.path().join("lake"));
     let record = &agents.registry[0];
     let (ns, mcis, vm, csp) = (
@@ -471,27 +423,8 @@ fn pulled_agents_land_in_the_windows_with_the_values_served_and_failures_in_agen
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("served.jsonl");
     // Agents ticking every second, served over HTTP, every value served logged.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let registry = dir.path().join("pull-agents.json");
-    let mut agents = PullAgents {
-        child: Command::new(bin())
-            .args(["loadgen", "--mode", "pull", "--agents", "6", "--duration", "0s", "--interval", "1s"])
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--registry-out", registry.to_str().unwrap()])
-            .args(["--log", log.to_str().unwrap(), "--status-every", "1h"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        registry: Vec::new(),
-        port,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !registry.exists() || TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "the pull agents did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    agents.registry =
-        serde_json::from_slice::<Value>(&std::fs::read(&registry).unwrap()).unwrap().as_array().unwrap().clone();
+    let agents = PullAgents::start(dir.path(), 6, &["--interval", "1s", "--log", log.to_str().unwrap()]);
+    let registry = agents.registry_path.clone();
 
     // A job whose Kafka topic stays empty: everything comes from the pull agents.
     let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
