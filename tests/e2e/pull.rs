@@ -21,7 +21,7 @@ use crate::common::{bin, kafka, rel, sql_rows, unique, PullAgents};
 /// `dragonflow run SPEC` in the background.
 fn start_job(spec: &Path) -> Child {
     Command::new(bin())
-        .args(["run", spec.to_str().unwrap(), "--status-every", "10s"])
+        .args(["run", spec.to_str().unwrap(), "--status-every", "10"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
