@@ -488,24 +488,28 @@ struct RawSource {
     options: Option<std::collections::BTreeMap<String, String>>,
 }
 
+impl RawSource {
+    /// The fields only a Kafka source takes, and whether each is given.
+    fn kafka_fields(&self) -> [(&'static str, bool); 8] {
+        [
+            ("brokers", self.brokers.is_some()),
+            ("topics", self.topics.is_some()),
+            ("topic_regex", self.topic_regex.is_some()),
+            ("group", self.group.is_some()),
+            ("start", self.start.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            ("stop_at_end", self.stop_at_end.is_some()),
+            ("options", self.options.is_some()),
+        ]
+    }
+}
+
 impl TryFrom<RawSource> for SourceSpec {
     type Error = String;
     fn try_from(r: RawSource) -> Result<Self, String> {
         match r.kind {
             SourceKind::File => {
-                not_for(
-                    "file",
-                    &[
-                        ("brokers", r.brokers.is_some()),
-                        ("topics", r.topics.is_some()),
-                        ("topic_regex", r.topic_regex.is_some()),
-                        ("group", r.group.is_some()),
-                        ("start", r.start.is_some()),
-                        ("idle_timeout", r.idle_timeout.is_some()),
-                        ("stop_at_end", r.stop_at_end.is_some()),
-                        ("options", r.options.is_some()),
-                    ],
-                )?;
+                not_for("file", &r.kafka_fields())?;
                 let path = r.path.ok_or_else(|| at("path", "missing: expected the path of a file"))?;
                 Ok(SourceSpec::File(FileSource { path, format: r.format, timestamp_unit: r.timestamp_unit }))
             }
@@ -526,20 +530,8 @@ impl TryFrom<RawSource> for SourceSpec {
                 }))
             }
             SourceKind::Pull => {
-                not_for(
-                    "pull",
-                    &[
-                        ("path", r.path.is_some()),
-                        ("brokers", r.brokers.is_some()),
-                        ("topics", r.topics.is_some()),
-                        ("topic_regex", r.topic_regex.is_some()),
-                        ("group", r.group.is_some()),
-                        ("start", r.start.is_some()),
-                        ("idle_timeout", r.idle_timeout.is_some()),
-                        ("stop_at_end", r.stop_at_end.is_some()),
-                        ("options", r.options.is_some()),
-                    ],
-                )?;
+                not_for("pull", &r.kafka_fields())?;
+                not_for("pull", &[("path", r.path.is_some())])?;
                 Ok(SourceSpec::Pull)
             }
         }
