@@ -59,8 +59,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "10s", value_parser = super::duration, requires = "pull")]
     pub pull_interval: Duration,
     /// With --pull: how long to poll (the first --pull-interval is the warm-up).
-    #[arg(long = "duration", default_value = "60s", value_parser = super::duration, requires = "pull")]
-    pub seconds: Duration,
+    #[arg(long, default_value = "60s", value_parser = super::duration, requires = "pull")]
+    pub duration: Duration,
     /// With --pull: the measurements asked of every agent, one request each.
     #[arg(long, value_delimiter = ',', default_value = "cpu,cpufreq,mem,disk,diskio,net", requires = "pull")]
     pub measurements: Vec<String>,
@@ -229,13 +229,10 @@ struct Sample {
 
 /// Resident memory of this process now (VmRSS), in bytes, where /proc tells.
 fn current_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    super::process_memory("self", "VmRSS:")
 }
 
-fn mib(bytes: u64) -> f64 {
+pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 20) as f64
 }
 

@@ -2,7 +2,7 @@
 //!
 //! The agents are served by a `dragonflow loadgen --mode pull` child process (another process,
 //! as remote agents would be, though on the same cores). A pull-only job (`[source] kind =
-//! "pull"`) polls them into windows and a Parquet lake for `--seconds`. After the first interval
+//! "pull"`) polls them into windows and a Parquet lake for `--duration`. After the first interval
 //! (every agent's first slot), the job must answer each agent's slot once per interval: the report
 //! compares the polls made with those due, counts skipped rounds, gives the delay from a slot to
 //! the end of its round, and the CPU and memory of the job's process and of the agents' process.
@@ -18,6 +18,7 @@ use pipelines::source::pull::PullStats;
 use pipelines::{run_job, JobControl, JobMetrics, JobSpec, RunOptions};
 
 use super::bench::BenchArgs;
+use super::process_memory;
 
 /// How often the progress line is printed.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -44,16 +45,8 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// Resident memory (`VmRSS`, or the peak `VmHWM`) of a process, bytes.
-fn memory(pid: &str, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 fn mib(bytes: Option<u64>) -> String {
-    bytes.map_or("?".into(), |b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64))
+    bytes.map_or("?".into(), |b| format!("{:.0} MiB", super::bench::mib(b)))
 }
 
 fn quantile(stats: &PullStats, q: f64) -> String {
@@ -114,8 +107,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         bail!("--pull needs at least one agent and one measurement");
     }
     let interval = args.pull_interval;
-    if interval.is_zero() || args.seconds <= interval {
-        bail!("--seconds must be longer than --pull-interval (the first interval is the warm-up)");
+    if interval.is_zero() || args.duration <= interval {
+        bail!("--duration must be longer than --pull-interval (the first interval is the warm-up)");
     }
     let dir = tempfile::tempdir()?;
     let registry = dir.path().join("agents.json");
@@ -128,7 +121,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         args.measurements.len(),
         humantime::format_duration(interval),
-        humantime::format_duration(args.seconds),
+        humantime::format_duration(args.duration),
         args.workers
     );
     let spec = JobSpec::parse(&spec_text(args, &registry, &lake)?)?;
@@ -146,7 +139,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut next_status = begin + STATUS_EVERY;
     let mut warm = None;
     let mut last = sample();
-    while begin.elapsed() < args.seconds {
+    while begin.elapsed() < args.duration {
         std::thread::sleep(Duration::from_millis(100));
         if job.is_finished() {
             break;
@@ -175,7 +168,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 p.skipped,
                 quantile(p, 0.5),
                 quantile(p, 0.99),
-                mib(memory("self", "VmRSS:")),
+                mib(process_memory("self", "VmRSS:")),
                 status.windows,
                 status.watermark_lag_s.map_or("-".into(), |l| format!("{l:.1} s")),
             );
@@ -227,8 +220,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     println!(
         "job process:  {} (user + system), resident {} now, peak {}",
         cores(end.2, warm.2),
-        mib(memory("self", "VmRSS:")),
-        mib(memory("self", "VmHWM:"))
+        mib(process_memory("self", "VmRSS:")),
+        mib(process_memory("self", "VmHWM:"))
     );
     println!("agents:       {} (the loadgen process serving them)", cores(end.3, warm.3));
     println!(

@@ -89,8 +89,14 @@ pub fn print_report(report: &pipelines::JobReport, metrics: &JobMetrics) {
 
 /// Peak resident memory of this process (VmHWM), in bytes, where /proc tells.
 pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    process_memory("self", "VmHWM:")
+}
+
+/// A memory line of `/proc/{pid}/status` (`pid` may be `self`), e.g. `VmRSS:` now or `VmHWM:` at
+/// the peak, in bytes.
+pub fn process_memory(pid: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
