@@ -7,7 +7,9 @@
 //! - a rule added over HTTP to a running job fires on the next breaching window, and a handler's
 //!   password appears in no response;
 //! - the history route equals the same aggregation with `dragonflow sql` over the lake;
-//! - without the token every route answers 401.
+//! - without the token every route answers 401;
+//! - a pull job inside the server polls the agents registered over HTTP, follows their changes
+//!   without a restart, and shows its polling in the job's status and in Prometheus.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -499,4 +501,71 @@ fn pulled_agents_land_in_the_windows_with_the_values_served_and_failures_in_agen
     let moves: Vec<_> = health.iter().map(|r| (r["f"].as_str(), r["t"].as_str())).collect();
     assert_eq!(moves, vec![("healthy", "unhealthy"), ("unhealthy", "healthy")], "{health:?}");
     assert!(health[0]["reason"].contains("failed polls"), "{health:?}");
+}
+
+#[test]
+fn a_pull_job_in_the_server_polls_the_agents_registered_over_http_and_follows_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = PullAgents::start(dir.path(), 4, &["--interval", "1s"]);
+    let lake = dir.path().join("lake");
+    let server = Server::start(&dir.path().join("server"), &lake);
+    let key = |i: usize| {
+        let r = &agents.registry[i];
+        let part = |f: &str| r[f].as_str().unwrap().to_string();
+        format!("{}/{}/{}/{}", part("ns_id"), part("mcis_id"), part("vm_id"), part("csp_type"))
+    };
+    let register = |i: usize| {
+        let body = json!({"mechanism": "pull", "pull_url": agents.registry[i]["pull_url"], "state": "enable"});
+        let (status, answer) = server.call("PUT", &format!("/agents/{}", key(i).replace('/', "%2F")), Some(body));
+        assert!(status == 200 || status == 201, "{status} {answer}");
+    };
+    for i in 0..3 {
+        register(i);
+    }
+    // A pull-only job with neither a registry file nor a sink: the server's registry and lake.
+    let id = submit(
+        &server,
+        "name = \"pulled\"\n[source]\nkind = \"pull\"\n\n[window]\nsize = \"2s\"\nlateness = \"1s\"\n\n\
+         [pull]\nmeasurements = [\"cpu\", \"mem\"]\ninterval = \"1s\"\n",
+    );
+    let pull = |job: &Value| job["status"]["pull"].clone();
+    let job = wait_job(&server, &id, "polls the three agents into windows", |j| {
+        pull(j)["agents"] == 3 && pull(j)["polls_ok"].as_u64() > Some(12) && j["status"]["windows"].as_u64() >= Some(2)
+    });
+    let delays = pull(&job)["round_delay"].as_array().cloned().unwrap_or_default();
+    assert_eq!(delays.first().map(|b| b["le_ms"].clone()), Some(json!(5)), "{job}");
+    assert_eq!(delays.last().map(|b| b["le_ms"].clone()), Some(json!("+Inf")), "{job}");
+    let rounds: u64 = delays.iter().filter_map(|b| b["count"].as_u64()).sum();
+    assert!(rounds > 0 && rounds <= pull(&job)["rounds"].as_u64().unwrap(), "{job}");
+    let (status, text) = server.call_raw("GET", "/metrics/prometheus", Some(&server.token), None).unwrap();
+    let text = String::from_utf8_lossy(&text).to_string();
+    assert_eq!(status, 200);
+    let healthy = format!("dragonflow_pull_agents{{job=\"{id}\",name=\"pulled\",health=\"healthy\"}} 3");
+    assert!(text.lines().any(|l| l == healthy), "{healthy} in\n{text}");
+
+    // The fourth agent is registered and the first one removed, over HTTP: the running job
+    // follows, and what it pulled is queryable.
+    register(3);
+    wait_job(&server, &id, "polls the fourth agent", |j| pull(j)["agents"] == 4);
+    let (status, _) = server.call("DELETE", &format!("/agents/{}", key(0).replace('/', "%2F")), None);
+    assert!(status == 200 || status == 204, "{status}");
+    wait_job(&server, &id, "stops polling the first agent", |j| pull(j)["agents"] == 3);
+    let vm3 = agents.registry[3]["vm_id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, latest) = server.call("GET", &format!("/metrics/latest?vm={vm3}"), None);
+        assert_eq!(status, 200, "{latest}");
+        if latest.as_array().is_some_and(|rows| rows.iter().any(|r| r["measurement"] == "cpu")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no window of {vm3}: {latest}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, stopped) = server.call("DELETE", &format!("/jobs/{id}"), None);
+    assert_eq!(status, 200, "{stopped}");
+    let vms = sql_rows(&lake, "SELECT DISTINCT vm_id FROM aggregates ORDER BY vm_id");
+    let vms: Vec<&str> = vms.iter().map(|r| r["vm_id"].as_str()).collect();
+    let mut want: Vec<&str> = (0..4).map(|i| agents.registry[i]["vm_id"].as_str().unwrap()).collect();
+    want.sort();
+    assert_eq!(vms, want, "every registered agent was pulled, and only those");
 }
