@@ -1416,6 +1416,19 @@ path = "lake"
     }
 
     #[test]
+    fn the_example_jobs_are_valid() {
+        let examples = [
+            ("pull.toml", include_str!("../jobs/pull.toml")),
+            ("mixed.toml", include_str!("../jobs/mixed.toml")),
+            ("kafka-alarms.toml", include_str!("../jobs/kafka-alarms.toml")),
+        ];
+        for (name, text) in examples {
+            let spec = JobSpec::parse(text).unwrap_or_else(|e| panic!("pipelines/jobs/{name}: {e}"));
+            assert!(!spec.alarms.is_empty(), "{name} shows an alarm rule");
+        }
+    }
+
+    #[test]
     fn a_pull_source_takes_no_pushed_input_and_needs_its_pull_section() {
         let base = "[source]\nkind = \"pull\"\n\n[registry]\nfile = \"agents.json\"\n\n\
                     [[sink]]\nkind = \"parquet\"\npath = \"lake\"\n";

@@ -522,13 +522,14 @@ impl Reader for PullReader {
 
     fn positions(&self) -> Vec<PartitionPosition> {
         // No `next`: pulled answers cannot be read again, so they take no part in checkpoints.
+        // No consumer lag either: answers waiting to be read are `queued` in the pull stats.
         self.slot
             .map(|slot| PartitionPosition {
                 source: self.origin.source.clone(),
                 partition: self.origin.partition,
                 slot,
                 next: None,
-                lag: Some(self.rx.len() as i64),
+                lag: None,
             })
             .into_iter()
             .collect()
