@@ -68,6 +68,7 @@ pub fn start_dispatcher(
         return Ok(None);
     }
     let lake = lake_path(spec);
+    let job = spec.source_id();
     let outcomes = Box::new(move |rows: Vec<AlarmDelivery>| {
         let failed = rows.iter().filter(|r| !r.delivered).count() as u64;
         metrics.alarm_deliveries.fetch_add(rows.len() as u64 - failed, Ordering::Relaxed);
@@ -79,7 +80,7 @@ pub fn start_dispatcher(
             metrics.error(format!("alarm delivery: {error}"));
         }
         if let Some(lake) = &lake {
-            if let Err(e) = sinks::lake::append_alarm_deliveries(lake, &rows) {
+            if let Err(e) = sinks::lake::append_alarm_deliveries(lake, &job, &rows) {
                 eprintln!("dragonflow: cannot record alarm deliveries in the lake: {e}");
                 metrics.error(format!("alarm log: {e}"));
             }
@@ -106,10 +107,10 @@ pub fn dispatch(dispatcher: &Option<Arc<Dispatcher>>, event: &AlarmEvent) {
     }
 }
 
-/// The levels a job resuming at `frontier` carries on: the latest of each (rule, target) in the
-/// lake's alarm log before it.
-pub fn restored_levels(lake: &Path, frontier: i64) -> Result<Vec<RestoredLevel>, String> {
-    let rows = sinks::sql::alarm_levels_before(lake, frontier).map_err(|e| e.to_string())?;
+/// The levels the job `job` ([`JobSpec::source_id`]) resuming at `frontier` carries on: the latest
+/// of each (rule, target) in the lake's alarm log before it, of its own events.
+pub fn restored_levels(lake: &Path, job: &str, frontier: i64) -> Result<Vec<RestoredLevel>, String> {
+    let rows = sinks::sql::alarm_levels_before(lake, job, frontier).map_err(|e| e.to_string())?;
     Ok(rows
         .into_iter()
         .filter_map(|(rule, target, level, _)| Some(RestoredLevel { rule, target, level: Level::parse(&level)? }))

@@ -174,7 +174,7 @@ pub fn run_job(
     let size = spec.window.size.as_nanos() as i64;
     let alarms = match (coordinator.as_ref().and_then(|c| c.restored()), crate::alarms::lake_path(spec)) {
         (Some(r), Some(lake)) if !spec.alarms.is_empty() || options.alarms.is_some() => {
-            let levels = crate::alarms::restored_levels(&lake, r.frontier)
+            let levels = crate::alarms::restored_levels(&lake, &spec.source_id(), r.frontier)
                 .map_err(|e| JobError::Source(format!("cannot read the alarm levels of the last run: {e}")))?;
             AlarmSetup { levels: Arc::new(levels), evaluated_until: (r.frontier - 1).div_euclid(size) * size }
         }

@@ -337,6 +337,7 @@ pub fn routes() -> Vec<Route> {
                 UNTIL,
                 ("rule", "rule name"),
                 ("target", "target"),
+                ("job", "the raising job's source_id (GET /jobs/{id})"),
                 ("limit", "most events (default 1000, at most 100000)"),
             ]),
         Route::new(

@@ -167,6 +167,8 @@ impl Job {
             "submitted_at": record.submitted_at,
             "started_at": record.started_at,
             "stopped_at": record.stopped_at,
+            // How the job names itself in the lake (window files, `alarm_log.job`).
+            "source_id": self.spec.as_ref().map(|s| s.source_id()),
             "spec": self.spec.as_ref().map(redacted_spec),
             "status": self.status(),
         })

@@ -246,7 +246,7 @@ pub async fn events(State(server): State<Arc<Server>>, params: Params) -> ApiRes
             .filter(|l| (1..=SQL_MAX_LIMIT).contains(l))
             .ok_or_else(|| ApiError::bad_request(format!("`limit`: expected 1 to {SQL_MAX_LIMIT}, got {l:?}")))?,
     };
-    let mut conditions = equal_conditions(&params, &[("rule", "rule"), ("target", "target")]);
+    let mut conditions = equal_conditions(&params, &[("rule", "rule"), ("target", "target"), ("job", "job")]);
     if let Some(level) = params.get("level") {
         let level = level.to_ascii_uppercase();
         if !["OK", "WARNING", "CRITICAL", "NODATA"].contains(&level.as_str()) {
@@ -258,8 +258,8 @@ pub async fn events(State(server): State<Arc<Server>>, params: Params) -> ApiRes
     }
     conditions.extend(time_conditions("time", time_range(&params, None)?));
     let sql = format!(
-        "SELECT id, time, rule, target, level, previous_level, value, threshold, message, delivered, delivery_error \
-         FROM alarm_events {} ORDER BY time DESC, id LIMIT {limit}",
+        "SELECT id, time, rule, target, level, previous_level, value, threshold, message, delivered, delivery_error, \
+         job FROM alarm_events {} ORDER BY time DESC, id LIMIT {limit}",
         where_clause(&conditions)
     );
     Ok(Json(Value::Array(lake_rows(&server.lake, &sql).await?.into_iter().map(Value::Object).collect())))

@@ -58,8 +58,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder, TimestampMillisecondBuilder,
-    TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder, UInt64Builder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringArray, StringBuilder,
+    TimestampMillisecondBuilder, TimestampNanosecondArray, TimestampNanosecondBuilder, UInt32Array, UInt32Builder,
+    UInt64Builder,
 };
 use arrow::compute::take_record_batch;
 use arrow::datatypes::SchemaRef;
@@ -218,6 +219,7 @@ impl LakeWriter {
             .map_err(|e| SinkError::SpawnWriter { path: cfg.path.clone(), source: e })?;
         Ok(LakeWriter {
             aggregates: AggregatesEncoder::new(cfg.counters.clone()),
+            alarms: AlarmEncoder::new(&cfg.job),
             cfg,
             groups: GroupsEncoder::default(),
             rankings: RankingsEncoder::default(),
@@ -225,7 +227,6 @@ impl LakeWriter {
             rejects: RejectsEncoder::default(),
             agents: AgentsEncoder::default(),
             health: HealthEncoder::default(),
-            alarms: AlarmEncoder::default(),
             last_flush: Instant::now(),
             tx: Some(tx),
             thread: Some(thread),
@@ -908,8 +909,9 @@ impl HealthEncoder {
 }
 
 /// Rows of `alarm_log`, pending ([`LakeWriter::push`]) or with their delivery outcome
-/// ([`append_alarm_deliveries`]).
+/// ([`append_alarm_deliveries`]), of one job.
 struct AlarmEncoder {
+    job: String,
     id: StringBuilder,
     time: TimestampNanosecondBuilder,
     /// rule, target, level, previous_level
@@ -923,9 +925,10 @@ struct AlarmEncoder {
     part_ns: Vec<i64>,
 }
 
-impl Default for AlarmEncoder {
-    fn default() -> Self {
+impl AlarmEncoder {
+    fn new(job: &str) -> Self {
         AlarmEncoder {
+            job: job.to_string(),
             id: StringBuilder::new(),
             time: ts_ns(),
             names: Default::default(),
@@ -937,9 +940,7 @@ impl Default for AlarmEncoder {
             part_ns: Vec::new(),
         }
     }
-}
 
-impl AlarmEncoder {
     fn len(&self) -> usize {
         self.part_ns.len()
     }
@@ -973,6 +974,7 @@ impl AlarmEncoder {
         columns.push(Arc::new(self.delivered.finish()));
         columns.push(Arc::new(self.delivery_error.finish()));
         columns.push(Arc::new(recorded_at));
+        columns.push(Arc::new(StringArray::from(vec![Some(self.job.as_str()); self.len()])));
         chunk(Table::AlarmLog, columns, &mut self.part_ns)
     }
 }
@@ -982,19 +984,20 @@ use operators::time::wall_ns as now_ns;
 // ---------------------------------------------------------------------------------------------
 // Delivery outcomes, written outside the dataflow.
 
-/// Appends the outcomes of alarm deliveries to `alarm_log` of the lake at `lake`: one row per
-/// delivery, with `delivered` and `delivery_error` set, written synchronously as one new file per
-/// partition hour of the events (one file unless the events span hours).
+/// Appends the outcomes of alarm deliveries of the job `job` (its [`LakeConfig::job`]) to
+/// `alarm_log` of the lake at `lake`: one row per delivery, with `delivered` and `delivery_error`
+/// set, written synchronously as one new file per partition hour of the events (one file unless
+/// the events span hours).
 ///
 /// For the thread that delivers alarms, outside timely: it needs no [`LakeWriter`], and its files
 /// never collide with a writer's, another call's or another process's (their names hold
 /// `delivery`, the process id, the wall clock and a counter). Each file is written under a hidden
 /// temporary name, synced, renamed into place and its directory synced before this returns: a
 /// reader sees all of a file or none of it, and an outcome reported written survives a crash.
-pub fn append_alarm_deliveries(lake: &Path, rows: &[AlarmDelivery]) -> Result<(), SinkError> {
+pub fn append_alarm_deliveries(lake: &Path, job: &str, rows: &[AlarmDelivery]) -> Result<(), SinkError> {
     /// Tells apart the files of calls within one process in the same nanosecond.
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let mut encoder = AlarmEncoder::default();
+    let mut encoder = AlarmEncoder::new(job);
     for row in rows {
         encoder.push(&row.event, Some(row.delivered), row.error.as_deref());
     }

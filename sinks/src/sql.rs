@@ -86,16 +86,16 @@ pub async fn lake_context(path: &Path) -> Result<SessionContext, SinkError> {
     Ok(ctx)
 }
 
-/// The view `alarm_events`: per event `id`, the row of `alarm_log` with a delivery outcome
+/// The view `alarm_events`: per event `id` of a job, the row of `alarm_log` with a delivery outcome
 /// (`delivered` not null) recorded last — or, while there is none, a pending row (all pending
 /// rows of an event are equal but for `recorded_at`). An outcome wins whatever the clocks say: the
 /// delivery thread may record it before the dataflow's writer flushes the pending row. Ties
 /// (outcomes recorded in the same nanosecond) go to a successful delivery.
-const ALARM_EVENTS_SQL: &str = "SELECT DISTINCT ON (id) \
+const ALARM_EVENTS_SQL: &str = "SELECT DISTINCT ON (id, job) \
      id, time, rule, target, level, previous_level, value, threshold, message, delivered, delivery_error, \
-     handlers, recorded_at \
+     handlers, recorded_at, job \
      FROM alarm_log \
-     ORDER BY id, delivered IS NULL, recorded_at DESC, delivered DESC";
+     ORDER BY id, job, delivered IS NULL, recorded_at DESC, delivered DESC";
 
 /// Registers the view `alarm_events` (see [`ALARM_EVENTS_SQL`]).
 async fn register_alarm_events(ctx: &SessionContext, path: &Path) -> Result<(), SinkError> {
@@ -305,18 +305,24 @@ pub fn agents_before(lake: &Path, before: i64, recent_span: i64) -> Result<Vec<o
     Ok(rows)
 }
 
-/// The level of every alarm (rule and target) at event time `before` (ns), as `(rule, target,
-/// level, time)` sorted by rule and target: the level and time of its latest event of `alarm_log`
-/// before `before` (of events at the same time, the one recorded last). A job resuming from a
-/// checkpoint starts its alarm state from these. Empty while `alarm_log` has no rows.
-pub fn alarm_levels_before(lake: &Path, before: i64) -> Result<Vec<(String, String, String, i64)>, SinkError> {
+/// The level of every alarm (rule and target) of the job `job` at event time `before` (ns), as
+/// `(rule, target, level, time)` sorted by rule and target: the level and time of its latest event
+/// of `alarm_log` before `before` (of events at the same time, the one recorded last). Rows
+/// without a job (written before `alarm_log` had the column) count for every job. A job resuming
+/// from a checkpoint starts its alarm state from these. Empty while `alarm_log` has no rows.
+pub fn alarm_levels_before(
+    lake: &Path,
+    job: &str,
+    before: i64,
+) -> Result<Vec<(String, String, String, i64)>, SinkError> {
     use arrow::array::{Array, AsArray};
     use arrow::datatypes::Int64Type;
 
     let sql = format!(
         "SELECT DISTINCT ON (rule, target) rule, target, level, arrow_cast(time, 'Int64') AS time_ns \
-         FROM alarm_log WHERE time < to_timestamp_nanos({before}) \
-         ORDER BY rule, target, time DESC, recorded_at DESC"
+         FROM alarm_log WHERE time < to_timestamp_nanos({before}) AND (job = '{}' OR job IS NULL) \
+         ORDER BY rule, target, time DESC, recorded_at DESC",
+        job.replace('\'', "''")
     );
     let [batches] = query_blocking(lake, [&sql])?;
     let mut levels = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());

@@ -172,6 +172,9 @@ impl Table {
                 .chain([nullable(Field::new("delivered", DataType::Boolean, false)), nullable(utf8("delivery_error"))])
                 // Wall clock when the row was written: orders the rows of one event.
                 .chain([ts_ns("recorded_at")])
+                // The job that raised the event (its source id, as in window file names); null
+                // in files written before the column existed.
+                .chain([nullable(utf8("job"))])
                 .collect(),
         };
         Schema::new(fields)
@@ -240,7 +243,7 @@ mod tests {
         assert_eq!(
             names(Table::AlarmLog),
             "id,time,rule,target,level,previous_level,value,threshold,message,handlers,delivered,delivery_error,\
-             recorded_at"
+             recorded_at,job"
         );
         let nullable = |t: Table| {
             t.schema().fields().iter().filter(|f| f.is_nullable()).map(|f| f.name().clone()).collect::<Vec<_>>()
@@ -251,7 +254,7 @@ mod tests {
             ["vcpu", "memory_gib", "cost_per_hour", "pull_url", "first_seen", "last_seen"]
         );
         assert!(nullable(Table::Groups).is_empty() && nullable(Table::AgentHealth).is_empty());
-        assert_eq!(nullable(Table::AlarmLog), ["value", "threshold", "delivered", "delivery_error"]);
+        assert_eq!(nullable(Table::AlarmLog), ["value", "threshold", "delivered", "delivery_error", "job"]);
         let sql = Table::Rejects.sql_schema();
         assert_eq!(sql.fields().len(), 8);
         assert_eq!(sql.field(7).name(), "hour");

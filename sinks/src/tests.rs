@@ -999,7 +999,7 @@ async fn alarm_events_round_trip_through_sql() {
     let b = rows(
         lake,
         "SELECT id, time, rule, target, level, previous_level, value, threshold, message, handlers, delivered, \
-         delivery_error, recorded_at, date, hour FROM alarm_log ORDER BY time",
+         delivery_error, recorded_at, date, hour, job FROM alarm_log ORDER BY time",
     )
     .await;
     assert_eq!(num_rows(&b), 2);
@@ -1022,13 +1022,14 @@ async fn alarm_events_round_trip_through_sql() {
         (strings(&b, 13), strings(&b, 14)),
         (vec!["2024-03-10".into(), "2024-03-11".into()], vec!["23".into(), "00".into()])
     );
+    assert_eq!(strings(&b, 15), ["job", "job"], "the writer's job");
 
     // The view's columns, in order, and its rows.
     let b = rows(lake, "SELECT * FROM alarm_events ORDER BY id").await;
     let names: Vec<String> = b[0].schema().fields().iter().map(|f| f.name().clone()).collect();
     assert_eq!(
         names.join(","),
-        "id,time,rule,target,level,previous_level,value,threshold,message,delivered,delivery_error,handlers,recorded_at"
+        "id,time,rule,target,level,previous_level,value,threshold,message,delivered,delivery_error,handlers,recorded_at,job"
     );
     assert_eq!(strings(&b, 0), ["a1", "a2"]);
     assert_eq!(nanos(&b, 1), [Some(T0), Some(T0 + 20 * SEC)]);
@@ -1044,14 +1045,14 @@ async fn a_delivery_outcome_supersedes_the_pending_row() {
     let a2 = alarm("a2", T0 + 20 * SEC, "cpu high", "vm-2", "OK", "WARNING", Some(91.0));
     let a3 = alarm("a3", T0 + 30 * SEC, "cpu high", "vm-3", "OK", "WARNING", Some(92.0));
     // a3's outcome is recorded before its pending row is written: the outcome still wins.
-    crate::lake::append_alarm_deliveries(lake, &[delivery(&a3, None)]).expect("append");
+    crate::lake::append_alarm_deliveries(lake, "job", &[delivery(&a3, None)]).expect("append");
     write_alarms(lake, &[a1.clone(), a2.clone(), a3.clone()]);
     // One call with events of two hours: a file in each partition.
-    crate::lake::append_alarm_deliveries(lake, &[delivery(&a1, Some("pager: HTTP 503")), delivery(&a2, None)])
+    crate::lake::append_alarm_deliveries(lake, "job", &[delivery(&a1, Some("pager: HTTP 503")), delivery(&a2, None)])
         .expect("append");
     // a1 delivered on a later try.
-    crate::lake::append_alarm_deliveries(lake, &[delivery(&a1, None)]).expect("append");
-    crate::lake::append_alarm_deliveries(lake, &[]).expect("nothing to append");
+    crate::lake::append_alarm_deliveries(lake, "job", &[delivery(&a1, None)]).expect("append");
+    crate::lake::append_alarm_deliveries(lake, "job", &[]).expect("nothing to append");
 
     let files = table_files(lake, "alarm_log");
     let deliveries: Vec<&String> = files.iter().filter(|f| f.contains("/part-delivery-")).collect();
@@ -1093,7 +1094,7 @@ async fn replayed_alarm_events_collapse() {
     let a2 = alarm("a2", T0 + 5 * SEC, "mem high", "vm-1", "OK", "WARNING", Some(91.0));
     // A job resumed from a checkpoint raises the same events again; a2 was delivered in between.
     write_alarms(lake, &[a1.clone(), a2.clone()]);
-    crate::lake::append_alarm_deliveries(lake, &[delivery(&a2, Some("ops-slack: timed out"))]).expect("append");
+    crate::lake::append_alarm_deliveries(lake, "job", &[delivery(&a2, Some("ops-slack: timed out"))]).expect("append");
     write_alarms(lake, &[a1.clone(), a2.clone()]);
     // The replayed pending row, recorded last, does not hide a2's outcome.
     let view = "SELECT id, delivered, delivery_error FROM alarm_events ORDER BY id";
@@ -1104,7 +1105,8 @@ async fn replayed_alarm_events_collapse() {
         assert_eq!(bools(&b, 1), [None, Some(false)]);
         assert_eq!(strings(&b, 2), ["NULL", "ops-slack: timed out"]);
         // Then a2 is delivered again, and fails again the same way.
-        crate::lake::append_alarm_deliveries(lake, &[delivery(&a2, Some("ops-slack: timed out"))]).expect("append");
+        crate::lake::append_alarm_deliveries(lake, "job", &[delivery(&a2, Some("ops-slack: timed out"))])
+            .expect("append");
     }
     assert_eq!(count(&rows(lake, "SELECT count(DISTINCT id) FROM alarm_log").await), 2);
 }
@@ -1145,10 +1147,10 @@ async fn alarm_events_are_listed_by_level_and_time() {
 fn a_resuming_job_reads_each_alarms_last_level() {
     let dir = tempfile::tempdir().expect("tempdir");
     let lake = dir.path();
-    assert!(crate::sql::alarm_levels_before(&lake.join("no-lake-yet"), T0).expect("read").is_empty());
+    assert!(crate::sql::alarm_levels_before(&lake.join("no-lake-yet"), "job", T0).expect("read").is_empty());
     // A started lake without alarms.
     LakeWriter::new(LakeConfig::new(lake), 0).expect("writer").finish().expect("finish");
-    assert!(crate::sql::alarm_levels_before(lake, T0).expect("read").is_empty());
+    assert!(crate::sql::alarm_levels_before(lake, "job", T0).expect("read").is_empty());
 
     write_alarms(
         lake,
@@ -1166,9 +1168,9 @@ fn a_resuming_job_reads_each_alarms_last_level() {
     write_alarms(lake, &[alarm("a7", T0 - 30 * SEC, "mem high", "vm-1", "OK", "CRITICAL", Some(99.0))]);
     // Delivery rows do not change levels.
     let a4 = alarm("a4", T0 - 30 * SEC, "cpu high", "vm-2", "OK", "NODATA", None);
-    crate::lake::append_alarm_deliveries(lake, &[delivery(&a4, None)]).expect("append");
+    crate::lake::append_alarm_deliveries(lake, "job", &[delivery(&a4, None)]).expect("append");
 
-    let levels = crate::sql::alarm_levels_before(lake, T0).expect("read");
+    let levels = crate::sql::alarm_levels_before(lake, "job", T0).expect("read");
     let expected = [
         ("cpu high", "vm-1", "CRITICAL", T0 - 10 * SEC),
         ("cpu high", "vm-2", "NODATA", T0 - 30 * SEC),
@@ -1176,7 +1178,55 @@ fn a_resuming_job_reads_each_alarms_last_level() {
     ]
     .map(|(rule, target, level, time)| (rule.to_string(), target.to_string(), level.to_string(), time));
     assert_eq!(levels, expected);
-    let later = crate::sql::alarm_levels_before(lake, T0 + 11 * SEC).expect("read");
+    let later = crate::sql::alarm_levels_before(lake, "job", T0 + 11 * SEC).expect("read");
     assert_eq!(later.len(), 4);
     assert_eq!(later[0], ("cpu high".to_string(), "vm-1".to_string(), "OK".to_string(), T0));
+
+    // Another job sharing the lake, with the same rule and target: each job reads its own levels.
+    let other = LakeConfig { job: "other".into(), ..LakeConfig::new(lake) };
+    let mut w = LakeWriter::new(other, 0).expect("writer");
+    let theirs = alarm("b1", T0 - 5 * SEC, "cpu high", "vm-1", "CRITICAL", "WARNING", Some(93.0));
+    w.push(SinkItem::Alarms(vec![theirs.clone()])).expect("push");
+    w.finish().expect("finish");
+    crate::lake::append_alarm_deliveries(lake, "other", &[delivery(&theirs, None)]).expect("append");
+    assert_eq!(crate::sql::alarm_levels_before(lake, "job", T0).expect("read"), expected, "not another job's");
+    let theirs = crate::sql::alarm_levels_before(lake, "other", T0).expect("read");
+    assert_eq!(theirs, [("cpu high".to_string(), "vm-1".to_string(), "WARNING".to_string(), T0 - 5 * SEC)]);
+}
+
+#[test]
+fn alarm_log_files_from_before_the_job_column_count_for_every_job() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lake = dir.path();
+    write_alarms(lake, &[alarm("a1", T0 - 20 * SEC, "cpu high", "vm-1", "OK", "WARNING", Some(91.0))]);
+    // Rewrite the file as an older version wrote it: without the last column, `job`.
+    let files = table_files(lake, "alarm_log");
+    assert_eq!(files.len(), 1);
+    let path = lake.join("alarm_log").join(&files[0]);
+    let batch = {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(&path).expect("open"))
+            .expect("parquet")
+            .build()
+            .expect("reader");
+        let batches: Vec<RecordBatch> = reader.map(|b| b.expect("batch")).collect();
+        assert_eq!(batches.len(), 1);
+        let b = &batches[0];
+        assert_eq!(b.schema().fields().last().map(|f| f.name().as_str()), Some("job"));
+        b.project(&(0..b.num_columns() - 1).collect::<Vec<_>>()).expect("project")
+    };
+    let mut writer = ArrowWriter::try_new(fs::File::create(&path).expect("create"), batch.schema(), None).expect("w");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+
+    // Its rows read with a null job, and restore the level of any job.
+    for job in ["job", "another"] {
+        let levels = crate::sql::alarm_levels_before(lake, job, T0).expect("read");
+        assert_eq!(levels, [("cpu high".to_string(), "vm-1".to_string(), "WARNING".to_string(), T0 - 20 * SEC)]);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let b = runtime.block_on(rows(lake, "SELECT id, job FROM alarm_events"));
+    assert_eq!((strings(&b, 0), strings(&b, 1)), (vec!["a1".to_string()], vec!["NULL".to_string()]));
 }
