@@ -364,11 +364,19 @@ fn run_worker(
         }
         SourceSpec::Pull => {}
     }
-    let pull_reader = match (pull_client, &spec.registry.file) {
-        (Some(client), Some(registry)) => {
-            Some(PullReader::new(client, registry, index, peers, control.clone()).map_err(|e| format!("pull: {e}"))?)
+    let pull_reader = match pull_client {
+        Some(client) => {
+            let registry = crate::source::pull::PullRegistry {
+                file: spec.registry.file.clone(),
+                topic: match (&spec.registry.topic, &spec.source) {
+                    (Some(topic), SourceSpec::Kafka(k)) => Some((k.clone(), topic.clone())),
+                    _ => None,
+                },
+            };
+            let reader = PullReader::new(client, &registry, index, peers, control.clone());
+            Some(reader.map_err(|e| format!("pull: {e}"))?)
         }
-        _ => None,
+        None => None,
     };
 
     let groups = spec.groups_config();

@@ -970,10 +970,11 @@ impl JobSpec {
             }
             return Ok(());
         };
-        if self.registry.file.is_none() {
+        if self.registry.file.is_none() && self.registry.topic.is_none() {
             return Err(SpecError::new(
                 "pull",
-                "needs registry.file: the agents polled are its records with mechanism = \"pull\" and a pull_url",
+                "needs registry.file or registry.topic: the agents polled are their records with \
+                 mechanism = \"pull\" and a pull_url",
             ));
         }
         match pull.config().validate() {

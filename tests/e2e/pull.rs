@@ -6,8 +6,9 @@
 //!   alarm events equal a reference state machine stepped through them. 5 % of the agents fail
 //!   for a while: they turn unhealthy after the configured number of failed polls and recover when
 //!   they answer again, and meanwhile the other agents' windows go on closing, complete.
-//! - A mixed fleet, half pushing to tansu and half pulled, in the same namespaces and MCIS: one
-//!   set of group metrics over both halves.
+//! - A mixed fleet, half pushing to tansu and half pulled (listed in a registry topic on tansu),
+//!   in the same namespaces and MCIS: one set of group metrics over both halves; a pulled agent
+//!   removed from the topic is no longer polled.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -409,6 +410,19 @@ fn a_mixed_fleet_pushing_to_tansu_and_pulled_gives_one_set_of_group_metrics() {
     let agents =
         PullAgents::start(dir.path(), HALF, &["--interval", "2s", "--seed", "11", "--first-vm", &HALF.to_string()]);
     let topic = unique("mixed");
+    // The pulled half is listed in a registry topic, each record keyed by its agent.
+    let agents_topic = format!("{topic}_agents");
+    crate::registry_topic::create_topics(&kafka(), &[(agents_topic.as_str(), 1)]);
+    let key = |r: &Value| {
+        let part = |f: &str| r[f].as_str().unwrap().to_string();
+        format!("{}/{}/{}/{}", part("ns_id"), part("mcis_id"), part("vm_id"), part("csp_type"))
+    };
+    let records: Vec<crate::registry_topic::Msg> = agents
+        .registry
+        .iter()
+        .map(|r| crate::registry_topic::Msg { key: key(r), value: Some(r.to_string().into_bytes()), partition: None })
+        .collect();
+    crate::registry_topic::produce(&kafka(), &agents_topic, &records);
     let lake = dir.path().join("lake");
     let spec = dir.path().join("job.toml");
     std::fs::write(
@@ -416,12 +430,11 @@ fn a_mixed_fleet_pushing_to_tansu_and_pulled_gives_one_set_of_group_metrics() {
         format!(
             "[source]\nkind = \"kafka\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup = \"{}\"\nstart = \"earliest\"\n\
              idle_timeout = \"3s\"\n\n\
-             [window]\nsize = \"4s\"\nlateness = \"3s\"\n\n[registry]\nfile = {}\nunhealthy_after = 1000\n\n\
+             [window]\nsize = \"4s\"\nlateness = \"3s\"\n\n[registry]\ntopic = \"{agents_topic}\"\nunhealthy_after = 1000\n\n\
              [pull]\nmeasurements = [\"cpu\", \"mem\", \"disk\"]\ninterval = \"2s\"\ntimeout = \"2s\"\n\n\
              [[sink]]\nkind = \"parquet\"\npath = {}\nflush_interval = \"1s\"\n",
             kafka(),
             unique("mixed_group"),
-            quoted(&agents.registry_path),
             quoted(&lake)
         ),
     )
@@ -437,6 +450,12 @@ fn a_mixed_fleet_pushing_to_tansu_and_pulled_gives_one_set_of_group_metrics() {
     // The job starts once the topic exists.
     std::thread::sleep(Duration::from_secs(2));
     let job = start_job(&spec);
+    // Midway, the first pulled agent is removed from the registry: a tombstone.
+    std::thread::sleep(Duration::from_secs(14));
+    let removed = agents.registry[0]["vm_id"].as_str().unwrap().to_string();
+    let removed_at = wall_s();
+    let tombstone = crate::registry_topic::Msg { key: key(&agents.registry[0]), value: None, partition: None };
+    crate::registry_topic::produce(&kafka(), &agents_topic, &[tombstone]);
     let pushed = push.wait_with_output().unwrap();
     assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
     std::thread::sleep(Duration::from_secs(8));
@@ -469,9 +488,15 @@ fn a_mixed_fleet_pushing_to_tansu_and_pulled_gives_one_set_of_group_metrics() {
         halves.iter().filter(|(_, h)| h.len() == 2).map(|(k, _)| (k.1.clone(), k.2.clone())).collect();
     let all_mcis: BTreeSet<(String, String)> = windows.iter().map(|w| (w.ns.clone(), w.mcis.clone())).collect();
     assert_eq!(mixed, all_mcis, "every MCIS mixes pushing and pulled VMs");
-    // The registry knows which is which.
-    let agents_table = sql_rows(&lake, "SELECT vm_id, mechanism FROM agents");
-    assert_eq!(agents_table.len(), 2 * HALF);
+    // The removed agent was polled until its removal, and not after it.
+    let last_of = |vm: &str| windows.iter().filter(|w| w.vm == vm).map(|w| w.ws).max().unwrap();
+    assert!(last_of(&removed) < removed_at + 4, "{removed} polled after its removal");
+    assert!(last_of(&removed) >= removed_at - 12, "{removed} was polled until then");
+    // The registry knows which is which. (The removed agent is left out: its last values, in
+    // windows still open at its removal, register it again from its data, as docs/groups.md says.)
+    let agents_table: Vec<_> =
+        sql_rows(&lake, "SELECT vm_id, mechanism FROM agents").into_iter().filter(|r| r["vm_id"] != removed).collect();
+    assert_eq!(agents_table.len(), 2 * HALF - 1);
     for r in &agents_table {
         let want = if vm_number(&r["vm_id"]) >= HALF { "pull" } else { "push" };
         assert_eq!(r["mechanism"], want, "{r:?}");

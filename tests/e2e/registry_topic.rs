@@ -48,7 +48,7 @@ fn fleet() -> Vec<Agent> {
 }
 
 /// Creates `topics` (name, partitions) on `brokers`; a topic that exists already is fine.
-fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+pub(crate) fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", brokers).create().expect("an admin client");
     let new: Vec<NewTopic> =
@@ -66,16 +66,16 @@ fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
 }
 
 /// A message to publish.
-struct Msg {
-    key: String,
+pub(crate) struct Msg {
+    pub key: String,
     /// `None`: a tombstone.
-    value: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
     /// `None`: the producer's partitioner decides.
-    partition: Option<i32>,
+    pub partition: Option<i32>,
 }
 
 /// Publishes `messages` to `topic` in order, and waits until the broker has every one of them.
-fn produce(brokers: &str, topic: &str, messages: &[Msg]) {
+pub(crate) fn produce(brokers: &str, topic: &str, messages: &[Msg]) {
     let producer: BaseProducer =
         ClientConfig::new().set("bootstrap.servers", brokers).set("linger.ms", "5").create().expect("a producer");
     for m in messages {

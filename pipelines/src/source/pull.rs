@@ -16,12 +16,13 @@
 //! next one is due misses that round (counted as skipped), and a round stops at the first timeout
 //! or connection error. More than `failures_unhealthy` failed rounds in a row (no answer with a
 //! 2xx status) make the agent unhealthy: it is then only probed at `{pull_url}/healthcheck` every
-//! `healthcheck_interval`, and polled again once a probe answers 2xx. The registry file is read
-//! again when it changes, so switching an agent between push and pull needs no restart.
+//! `healthcheck_interval`, and polled again once a probe answers 2xx. The agents come from the
+//! registry file, read again when it changes, and from the registry topic, read as it grows (each
+//! reader reads all of it): switching an agent between push and pull needs no restart.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,8 +43,10 @@ use tokio::task::JoinSet;
 
 use sinks::error::chain;
 
+use super::registry::RegistryTopic;
 use super::{wall_ns, PartitionPosition, ReadStatus, Reader};
 use crate::control::JobControl;
+use crate::spec::KafkaSource;
 
 /// The source name of pulled messages (their `Origin::source`).
 pub const SOURCE: &str = "pull";
@@ -127,7 +130,27 @@ pub enum PullError {
     Registry(#[from] RegistryError),
     #[error("cannot start the pull runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Topic(String),
 }
+
+/// Where a pull reader finds its agents: the registry file, the registry topic, or both.
+#[derive(Clone, Debug, Default)]
+pub struct PullRegistry {
+    pub file: Option<PathBuf>,
+    /// The registry topic, on the brokers (and with the options) of a Kafka source.
+    pub topic: Option<(KafkaSource, String)>,
+}
+
+impl PullRegistry {
+    /// Just a registry file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        PullRegistry { file: Some(path.into()), topic: None }
+    }
+}
+
+/// How long a new reader waits for the registry topic's existing records before it starts.
+const TOPIC_CATCH_UP: Duration = Duration::from_secs(10);
 
 /// An agent turning unhealthy or healthy again, as the pull source judged it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -322,12 +345,13 @@ impl Shared {
 /// use std::sync::Arc;
 ///
 /// use pipelines::control::JobControl;
-/// use pipelines::source::pull::{PullClient, PullConfig, PullReader};
+/// use pipelines::source::pull::{PullClient, PullConfig, PullReader, PullRegistry};
 ///
 /// // One client per process, one reader per timely worker (here worker 0 of 2).
 /// let client = PullClient::new(PullConfig::default())?;
 /// let control = Arc::new(JobControl::new());
-/// let mut reader = PullReader::new(client.clone(), Path::new("agents.json"), 0, 2, control)?;
+/// let registry = PullRegistry::file("agents.json");
+/// let mut reader = PullReader::new(client.clone(), &registry, 0, 2, control)?;
 /// // … `reader` goes to `ingest_source` like any `Reader`; now and then:
 /// for change in reader.take_health_changes() {
 ///     println!("{} healthy: {} ({})", change.key, change.healthy, change.reason);
@@ -350,11 +374,12 @@ pub struct PullReader {
 }
 
 impl PullReader {
-    /// Reads the registry file once (a file that cannot be read or parsed is an error) and starts
-    /// polling the pull agents of worker `worker` of `peers`.
+    /// Reads the registry file once (a file that cannot be read or parsed is an error) and the
+    /// registry topic up to its end (waiting at most 10 s), then starts polling the pull agents of
+    /// worker `worker` of `peers`.
     pub fn new(
         client: Arc<PullClient>,
-        registry: &Path,
+        registry: &PullRegistry,
         worker: usize,
         peers: usize,
         control: Arc<JobControl>,
@@ -364,8 +389,26 @@ impl PullReader {
             let message = format!("worker {worker} of {peers} workers");
             return Err(PullError::Config { field: "worker", message });
         }
-        let mut file = RegistryFile::new(registry);
-        let initial = file.poll()?.unwrap_or_default();
+        let mut file = registry.file.as_deref().map(RegistryFile::new);
+        let mut initial = match &mut file {
+            Some(file) => file.poll()?.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut topic = match &registry.topic {
+            Some((source, name)) => Some(RegistryTopic::new(source, name).map_err(PullError::Topic)?),
+            None => None,
+        };
+        let mut topic_errors = Vec::new();
+        if let Some(topic) = &mut topic {
+            for u in topic.catch_up(TOPIC_CATCH_UP) {
+                match u {
+                    Ok(u) => initial.push(u),
+                    Err(e) => topic_errors.push(e),
+                }
+            }
+            // Messages that are not records are the job's registry reader's to report.
+            topic.take_rejects();
+        }
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE);
         let (drain, draining) = watch::channel(false);
@@ -380,8 +423,9 @@ impl PullReader {
             healthcheck_interval: config.healthcheck_interval,
             shared: shared.clone(),
             tx,
-            path: registry.to_path_buf(),
-            registry: Some(file),
+            path: registry.file.clone(),
+            registry: file,
+            topic,
             worker: worker as u64,
             peers: peers as u64,
             histories: HashMap::new(),
@@ -392,6 +436,9 @@ impl PullReader {
             next_id: 0,
         };
         scheduler.apply(initial);
+        for e in topic_errors {
+            scheduler.registry_error(e);
+        }
         let interval = config.interval;
         let task = client.runtime().spawn(scheduler.run(draining));
         Ok(PullReader {
@@ -622,9 +669,12 @@ struct Scheduler {
     healthcheck_interval: Duration,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Fetched>,
-    path: PathBuf,
-    /// `None` while it is being read.
+    /// The registry file, if any.
+    path: Option<PathBuf>,
+    /// `None` while it is being read (or without a file).
     registry: Option<RegistryFile>,
+    /// The registry topic, if any (`None` while it is being read).
+    topic: Option<RegistryTopic>,
     worker: u64,
     peers: u64,
     /// The registry entries of this worker's keys.
@@ -694,23 +744,48 @@ impl Scheduler {
     }
 
     async fn reload(&mut self) {
-        let file = self.registry.take().unwrap_or_else(|| RegistryFile::new(&self.path));
-        let read = tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let result = file.poll();
-            (file, result)
-        })
-        .await;
-        match read {
-            Ok((file, result)) => {
-                self.registry = Some(file);
-                match result {
-                    Ok(Some(updates)) => self.apply(updates),
-                    Ok(None) => {}
-                    Err(e) => self.registry_error(e.to_string()),
+        if let Some(path) = &self.path {
+            let file = self.registry.take().unwrap_or_else(|| RegistryFile::new(path));
+            let read = tokio::task::spawn_blocking(move || {
+                let mut file = file;
+                let result = file.poll();
+                (file, result)
+            })
+            .await;
+            match read {
+                Ok((file, result)) => {
+                    self.registry = Some(file);
+                    match result {
+                        Ok(Some(updates)) => self.apply(updates),
+                        Ok(None) => {}
+                        Err(e) => self.registry_error(e.to_string()),
+                    }
                 }
+                Err(e) => self.registry_error(format!("reading the registry file failed: {e}")),
             }
-            Err(e) => self.registry_error(format!("reading the registry file failed: {e}")),
+        }
+        if let Some(mut topic) = self.topic.take() {
+            // Never waits for the broker, but its client calls are kept off the polling threads.
+            match tokio::task::spawn_blocking(move || {
+                let read = topic.poll();
+                topic.take_rejects();
+                (topic, read)
+            })
+            .await
+            {
+                Ok((topic, read)) => {
+                    self.topic = Some(topic);
+                    let mut updates = Vec::new();
+                    for u in read {
+                        match u {
+                            Ok(u) => updates.push(u),
+                            Err(e) => self.registry_error(e),
+                        }
+                    }
+                    self.apply(updates);
+                }
+                Err(e) => self.registry_error(format!("reading the registry topic failed: {e}")),
+            }
         }
         // Timed entries come into force as time passes, even without a change of the file.
         self.sync_agents(tokio::time::Instant::now());
@@ -1172,7 +1247,7 @@ mod tests {
     impl Worker {
         fn new(
             client: &Arc<PullClient>,
-            registry: &Path,
+            registry: &std::path::Path,
             worker: usize,
             peers: usize,
             control: &Arc<JobControl>,
@@ -1186,7 +1261,8 @@ mod tests {
                 max_skew: Some(600 * 1_000_000_000),
                 series_ttl: None,
             };
-            let reader = PullReader::new(client.clone(), registry, worker, peers, control.clone()).unwrap();
+            let reader =
+                PullReader::new(client.clone(), &PullRegistry::file(registry), worker, peers, control.clone()).unwrap();
             Worker {
                 reader,
                 ingest: Ingest::new(table.clone(), config),
@@ -1515,11 +1591,12 @@ mod tests {
         let client = PullClient::new(PullConfig::default()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let control = Arc::new(JobControl::new());
-        let missing = PullReader::new(client.clone(), &dir.path().join("none.json"), 0, 1, control.clone());
+        let missing =
+            PullReader::new(client.clone(), &PullRegistry::file(dir.path().join("none.json")), 0, 1, control.clone());
         assert!(missing.err().unwrap().to_string().contains("cannot read"));
         let path = dir.path().join("agents.json");
         std::fs::write(&path, "[]").unwrap();
-        let e = PullReader::new(client, &path, 2, 2, control).err().unwrap().to_string();
+        let e = PullReader::new(client, &PullRegistry::file(&path), 2, 2, control).err().unwrap().to_string();
         assert!(e.starts_with("`worker`"), "{e}");
     }
 
