@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub workers: usize,
     /// Larger request bodies are refused with 413.
     pub max_body: usize,
+    /// A `POST /sql` query running longer is cancelled and answered 504.
+    pub sql_time_limit: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             lake: None,
             workers: 2,
             max_body: 1 << 20,
+            sql_time_limit: queries::SQL_TIME_LIMIT,
         }
     }
 }

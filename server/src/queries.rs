@@ -289,10 +289,11 @@ pub async fn sql(State(server): State<Arc<Server>>, headers: HeaderMap, body: Bo
     });
     let lake = server.lake.clone();
     let run = async move { run_limited(&lake, &request.query, limit).await };
-    let (batches, truncated) = tokio::time::timeout(SQL_TIME_LIMIT, run).await.map_err(|_| {
+    let time_limit = server.config().sql_time_limit;
+    let (batches, truncated) = tokio::time::timeout(time_limit, run).await.map_err(|_| {
         ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
-            format!("the query ran longer than {} s and was cancelled", SQL_TIME_LIMIT.as_secs()),
+            format!("the query ran longer than {} and was cancelled", humantime::format_duration(time_limit)),
         )
     })??;
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();

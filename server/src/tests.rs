@@ -1103,3 +1103,28 @@ fn specs_are_completed_with_the_servers_defaults() {
     let e = crate::jobs::prepare("[window]\nsize = \"1s\"\n", &defaults).unwrap_err();
     assert_eq!(e.field, "source", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_time_limit_is_cancelled_with_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        data_dir: dir.path().join("data"),
+        workers: 1,
+        sql_time_limit: std::time::Duration::from_millis(300),
+        ..ServerConfig::default()
+    };
+    let server = Server::open(config).expect("server opens");
+    let app = router(server.clone());
+    let c = Client::new(&server, &app);
+    // Quick queries are answered as usual.
+    let quick =
+        c.json(Method::POST, "/sql", json!({"query": "SELECT count(*) AS n FROM generate_series(1, 1000)"})).await;
+    assert_eq!(quick.status, StatusCode::OK, "{}", quick.text());
+    assert_eq!(quick.json()["rows"][0]["n"], 1000);
+    // Counting ten billion rows takes minutes: cancelled at the limit.
+    let slow =
+        c.json(Method::POST, "/sql", json!({"query": "SELECT count(*) FROM generate_series(1, 10000000000)"})).await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text());
+    let error = slow.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("300ms") && error.contains("cancelled"), "{error}");
+}

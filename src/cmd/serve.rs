@@ -27,6 +27,9 @@ pub struct ServeArgs {
     /// Larger request bodies are refused with 413: bytes, or with a unit (512KiB, 1MiB).
     #[arg(long, value_name = "BYTES", default_value = "1MiB", value_parser = byte_size)]
     pub max_body: usize,
+    /// A POST /sql query running longer is cancelled and answered 504.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::duration)]
+    pub sql_time_limit: std::time::Duration,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -37,6 +40,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         lake: args.lake,
         workers: args.workers,
         max_body: args.max_body,
+        sql_time_limit: args.sql_time_limit,
     })
 }
 
