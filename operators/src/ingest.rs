@@ -157,6 +157,24 @@ impl Ingest {
         arrival_ns: i64,
         now: Instant,
     ) {
+        let (format, unit) = (self.config.format, self.config.unit);
+        self.message_as(format, unit, payload, origin, slot, watermarks, arrival_ns, now);
+    }
+
+    /// Decodes one message of a format of its own, not the source's: what the pull source's
+    /// agents answer (Telegraf JSON) beside a topic of line protocol.
+    #[allow(clippy::too_many_arguments)]
+    pub fn message_as(
+        &mut self,
+        format: Format,
+        unit: TimestampUnit,
+        payload: &[u8],
+        origin: &Origin,
+        slot: usize,
+        watermarks: &mut Watermarks,
+        arrival_ns: i64,
+        now: Instant,
+    ) {
         self.out.messages += 1;
         watermarks.touch(slot, now);
         let order = ((origin.position.max(0) as u64) << 16) | (origin.partition as u64 & 0xffff);
@@ -176,7 +194,7 @@ impl Ingest {
             tracker,
             max_ts_before,
         };
-        decode(self.config.format, payload, self.config.unit, arrival_ns, &mut sink);
+        decode(format, payload, unit, arrival_ns, &mut sink);
     }
 
     /// Records a reject found outside the decoder (an empty message, a read error, …).

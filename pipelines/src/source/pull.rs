@@ -33,7 +33,7 @@ use hyper::{Request, StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use operators::decode::MAX_MESSAGE_BYTES;
+use operators::decode::{Format, TimestampUnit, MAX_MESSAGE_BYTES};
 use operators::ingest::Ingest;
 use operators::model::{stable_hash, Origin};
 use operators::registry::{AgentRecord, AgentState, Mechanism, RegistryError, RegistryFile, RegistryUpdate};
@@ -541,7 +541,17 @@ impl Reader for PullReader {
                         let max_ts = watermarks.max_event_time(slot);
                         ingest.reject(&self.origin, Some(slot), max_ts, "empty answer", b"", fetched.fetched_ns);
                     } else {
-                        ingest.message(&fetched.body, &self.origin, slot, watermarks, fetched.fetched_ns, now);
+                        // Agents answer Telegraf JSON, whatever the job's other source reads.
+                        ingest.message_as(
+                            Format::Json,
+                            TimestampUnit::Auto,
+                            &fetched.body,
+                            &self.origin,
+                            slot,
+                            watermarks,
+                            fetched.fetched_ns,
+                            now,
+                        );
                     }
                 }
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -1253,9 +1263,11 @@ mod tests {
             control: &Arc<JobControl>,
         ) -> Self {
             let table = Rc::new(RefCell::new(SeriesTable::new()));
+            // The job's other source reads line protocol in ms: the agents' Telegraf JSON must
+            // be read as such all the same.
             let config = IngestConfig {
-                format: Format::Json,
-                unit: TimestampUnit::Auto,
+                format: Format::Influx,
+                unit: TimestampUnit::Ms,
                 window: WindowSpec::new(Duration::from_secs(10), Duration::from_secs(5)),
                 instance_tags: InstanceTags::default(),
                 max_skew: Some(600 * 1_000_000_000),
