@@ -418,19 +418,15 @@ fn run_worker(
         local_index: index % local_workers,
     });
     worker.dataflow::<Time, _, _>(move |scope| {
-        let m = metrics.clone();
-        let (observations, side) = match (file_reader, kafka_reader, pull_reader) {
-            (Some(r), _, None) => ingest_source(scope, "FileSource", r, ingest, watermarks, m, None),
-            (Some(first), _, Some(second)) => {
-                ingest_source(scope, "FileSource", Both { first, second }, ingest, watermarks, m, None)
-            }
-            (_, Some(r), None) => ingest_source(scope, "KafkaSource", r, ingest, watermarks, m, checkpoints),
-            (_, Some(first), Some(second)) => {
-                ingest_source(scope, "KafkaSource", Both { first, second }, ingest, watermarks, m, checkpoints)
-            }
-            (None, None, Some(r)) => ingest_source(scope, "PullSource", r, ingest, watermarks, m, None),
-            (None, None, None) => unreachable!("a pull source always has a pull reader"),
+        // The job's file or Kafka partitions and its pull agents, whichever it has, as one reader
+        // (checkpoints come only with a Kafka source).
+        let name = match (&file_reader, &kafka_reader) {
+            (Some(_), _) => "FileSource",
+            (_, Some(_)) => "KafkaSource",
+            _ => "PullSource",
         };
+        let reader = Both { first: Both { first: file_reader, second: kafka_reader }, second: pull_reader };
+        let (observations, side) = ingest_source(scope, name, reader, ingest, watermarks, metrics.clone(), checkpoints);
         let window_metrics = metrics.clone();
         let windows = observations
             .window_aggregate(table, size)

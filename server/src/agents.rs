@@ -281,14 +281,5 @@ pub async fn ondemand(
         None => std::time::Duration::from_secs(5),
     };
     let answers = pipelines::source::pull::fetch_now(&url, &measurements, timeout).await;
-    let results: Vec<Value> = answers
-        .into_iter()
-        .map(|(measurement, answer)| match answer {
-            Ok((metric, latency)) => {
-                json!({"measurement": measurement, "latency_ms": latency.as_secs_f64() * 1e3, "metric": metric})
-            }
-            Err(error) => json!({"measurement": measurement, "error": error}),
-        })
-        .collect();
-    Ok(Json(json!({"key": key, "pull_url": url, "results": results})))
+    Ok(Json(pipelines::source::pull::ondemand_json(&key, &url, answers)))
 }

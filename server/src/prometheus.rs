@@ -179,11 +179,7 @@ fn render(server: &Server) -> String {
     for (job, status) in &running {
         let Some(p) = status.get("pull").filter(|p| !p.is_null()) else { continue };
         let n = |field: &str| p.get(field).and_then(Value::as_f64).unwrap_or(0.0);
-        let labelled = |name: &'static str, value: &str| {
-            let mut labels = job_labels(job, None);
-            labels.push((name, value.to_string()));
-            labels
-        };
+        let labelled = |name: &'static str, value: &str| job_labels(job, Some((name, value)));
         pull_agents.samples.push(("", labelled("health", "healthy"), n("agents") - n("unhealthy_agents")));
         pull_agents.samples.push(("", labelled("health", "unhealthy"), n("unhealthy_agents")));
         polls.samples.push(("", labelled("result", "ok"), n("polls_ok")));

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::client::{print_json, url, ServerArgs};
 
@@ -34,17 +34,8 @@ pub fn run(args: OndemandArgs) -> anyhow::Result<()> {
             } else {
                 args.measurement.clone()
             };
-            let results: Vec<Value> =
-                pipelines::source::pull::fetch_now_blocking(pull_url, &measurements, args.call_timeout)
-                    .into_iter()
-                    .map(|(measurement, answer)| match answer {
-                        Ok((metric, latency)) => json!({
-                            "measurement": measurement, "latency_ms": latency.as_secs_f64() * 1e3, "metric": metric
-                        }),
-                        Err(error) => json!({"measurement": measurement, "error": error}),
-                    })
-                    .collect();
-            json!({"key": args.agent, "pull_url": pull_url, "results": results})
+            let answers = pipelines::source::pull::fetch_now_blocking(pull_url, &measurements, args.call_timeout);
+            pipelines::source::pull::ondemand_json(&args.agent, pull_url, answers)
         }
         None => {
             let list = (!args.measurement.is_empty()).then(|| args.measurement.join(","));
@@ -92,6 +83,8 @@ fn render(answer: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -78,6 +78,34 @@ pub trait Reader {
     }
 }
 
+/// A source a job may or may not have: none is done from the start.
+impl<R: Reader> Reader for Option<R> {
+    fn read(&mut self, ingest: &mut Ingest, watermarks: &mut Watermarks, budget: usize, now: Instant) -> ReadStatus {
+        match self {
+            Some(r) => r.read(ingest, watermarks, budget, now),
+            None => ReadStatus::Done,
+        }
+    }
+
+    fn positions(&self) -> Vec<PartitionPosition> {
+        self.as_ref().map(R::positions).unwrap_or_default()
+    }
+
+    fn commit(&mut self, partitions: &[PartitionCheckpoint]) {
+        if let Some(r) = self {
+            r.commit(partitions);
+        }
+    }
+
+    fn take_health(&mut self) -> Vec<operators::model::HealthRow> {
+        self.as_mut().map(R::take_health).unwrap_or_default()
+    }
+
+    fn pull_stats(&self) -> Option<pull::PullStats> {
+        self.as_ref().and_then(R::pull_stats)
+    }
+}
+
 /// Two sources read by one worker into the same windows and watermarks (Kafka or a file, and
 /// the pull agents). Done when both are.
 pub struct Both<A, B> {

@@ -1147,6 +1147,21 @@ pub fn fetch_now_blocking(pull_url: &str, measurements: &[String], timeout: Dura
     std::thread::scope(|s| s.spawn(run).join()).unwrap_or_else(|_| failed("the call panicked".into()))
 }
 
+/// An on-demand call's outcome as the server and the CLI show it: `{"key", "pull_url", "results":
+/// [{"measurement", "latency_ms", "metric"} or {"measurement", "error"}]}`.
+pub fn ondemand_json(key: &str, pull_url: &str, answers: OnDemand) -> serde_json::Value {
+    let results: Vec<serde_json::Value> = answers
+        .into_iter()
+        .map(|(measurement, answer)| match answer {
+            Ok((metric, latency)) => serde_json::json!({
+                "measurement": measurement, "latency_ms": latency.as_secs_f64() * 1e3, "metric": metric
+            }),
+            Err(error) => serde_json::json!({"measurement": measurement, "error": error}),
+        })
+        .collect();
+    serde_json::json!({"key": key, "pull_url": pull_url, "results": results})
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
